@@ -1,0 +1,1 @@
+"""persistent: linear probes of spatial information in frozen ConvNet representations."""
