@@ -89,3 +89,4 @@ def as_numpy_tree(tree: Any) -> Any:
 # Importing the modules registers their backbones.
 from persistent.backbones import alexnet  # noqa: E402,F401
 from persistent.backbones import efficientnet  # noqa: E402,F401
+from persistent.backbones import caffe  # noqa: E402,F401
