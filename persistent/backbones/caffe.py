@@ -202,7 +202,7 @@ def blob_array(blob, where: str = "blob") -> tuple[np.ndarray, bool]:
     arr = _packed_field(blob, 5, "<f4")
     if arr is None or arr.size != n:
       arr = np.fromiter(blob.data, np.float32, count=n)
-  return arr.astype(np.float32).reshape(shape), legacy
+  return arr.astype(np.float32, copy=False).reshape(shape), legacy
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1242,17 +1242,30 @@ def load(caffemodel_path: str, prototxt_path: str | None = None, *,
 
 
 def random_net(prototxt_path: str, seed: int = 0, *, dtype: Any = jnp.float32) -> CaffeNet:
-  """A net from its definition with seeded random weights (the architecture-only control)."""
+  """A net from its definition with seeded random weights (the architecture-only control).
+
+  Kernels are LeCun-normal (std 1/sqrt(fan in)), biases and means 0, scales and variances 1,
+  PReLU slopes 0.25; drawn with NumPy (compiling JAX's RNG for every shape is slow on CPU).
+  """
   from persistent.backbones import file_digest
   graph = build_graph(net_definition(read_prototxt(prototxt_path), os.fspath(prototxt_path)))
   if any(s is None for s in graph.input_shapes):
     raise CaffeFormatError(f"{prototxt_path}: random weights need the input shape in the "
                            "definition")
   module = CaffeModule(layers=graph.layers, inputs=graph.inputs, dtype=dtype)
-  xs = [jnp.zeros(_nhwc_shape(s), jnp.float32) for s in graph.input_shapes]
-  x = dict(zip(graph.inputs, xs)) if len(xs) > 1 else xs[0]
-  params = jax.jit(module.init)(jax.random.key(seed), x)["params"]
-  return CaffeNet(module, dict(params), graph, f"random:{seed}+{file_digest(prototxt_path)}")
+  rng = np.random.default_rng(seed)
+  fill = {"bias": 0.0, "mean": 0.0, "var": 1.0, "scale": 1.0, "slope": 0.25}
+  params = {}
+  for layer, shapes in expected_param_shapes(module, graph.input_shapes).items():
+    params[layer] = {}
+    for name, shape in sorted(shapes.items()):
+      if name == "kernel":
+        std = 1.0 / math.sqrt(math.prod(shape[:-1]))
+        value = rng.standard_normal(shape, np.float32) * np.float32(std)
+      else:
+        value = np.full(shape, fill[name], np.float32)
+      params[layer][name] = jnp.asarray(value)
+  return CaffeNet(module, params, graph, f"random:{seed}+{file_digest(prototxt_path)}")
 
 
 def _load(model, netdef: NetDefinition, where: str, weights_id: str, dtype: Any) -> CaffeNet:
@@ -1351,14 +1364,15 @@ def check_alexnet_definition(netdef: NetDefinition, order: str) -> None:
 
 
 def alexnet_params_from_caffemodel(caffemodel_path: str, order: str,
-                                   prototxt_path: str | None = None) -> dict:
+                                   prototxt_path: str | None = None, model: Any = None) -> dict:
   """AlexNet-module parameters from a BVLC AlexNet / CaffeNet caffemodel (either format).
 
   The caffemodel's own layer definitions (and the prototxt, when given) are checked against the
-  backbone: layer order (LRN before or after pooling) and every layer setting.
+  backbone: layer order (LRN before or after pooling) and every layer setting. `model`: the
+  caffemodel already parsed (`read_caffemodel`), to save reading it again.
   """
   where = os.fspath(caffemodel_path)
-  model = read_caffemodel(caffemodel_path)
+  model = read_caffemodel(caffemodel_path) if model is None else model
   check_alexnet_definition(net_definition(model, where, phase=None), order)
   if prototxt_path is not None:
     check_alexnet_definition(net_definition(read_prototxt(prototxt_path), prototxt_path), order)
