@@ -145,20 +145,28 @@ def _check_alphas(alphas: Sequence[float]) -> np.ndarray:
   return a
 
 
-def _centred(stats: RidgeStats, train: jax.Array):
-  """Training count, means, centred Gram and the fold's eigenbasis, for a (F,) fold weight."""
+def _centred(stats: RidgeStats, train: jax.Array, rank: int):
+  """Training count, means and the top-`rank` eigenpairs of the centred training Gram matrix.
+
+  The centred Gram of n samples has rank < n, and X^T Y lies in its range, so when n <= d only the
+  top n eigenpairs matter: the lambda sweep then costs O(n^2 k) instead of O(d^2 k). Eigenvalues
+  at rounding level (below eps * d * e_max, the usual numerical-rank cut) span the null space; they
+  are set to +inf so that their noise cannot enter the solution.
+  """
   n = train @ stats.count
   mx = (train @ stats.sum_x) / n
   my = (train @ stats.sum_y) / n
   g = jnp.einsum("f,fde->de", train, stats.xx, precision=HIGHEST) - n * jnp.outer(mx, mx)
   e, v = jnp.linalg.eigh((g + g.T) / 2)
-  return n, mx, my, jnp.maximum(e, 0.0), v
+  e, v = e[-rank:], v[:, -rank:]
+  tol = e[-1] * g.shape[0] * jnp.finfo(g.dtype).eps
+  return n, mx, my, jnp.where(e > tol, e, jnp.inf), v
 
 
-@jax.jit
-def _fold_basis(stats: RidgeStats, fold: jax.Array):
+@functools.partial(jax.jit, static_argnames="rank")
+def _fold_basis(stats: RidgeStats, fold: jax.Array, rank: int):
   val = jax.nn.one_hot(fold, stats.num_folds, dtype=stats.xx.dtype)
-  n, mx, my, e, v = _centred(stats, 1.0 - val)
+  n, mx, my, e, v = _centred(stats, 1.0 - val, rank)
   n_v, sx_v = stats.count[fold], stats.sum_x[fold]
   # Held-out Gram centred at the training mean, in the training eigenbasis.
   a = stats.xx[fold] - jnp.outer(sx_v, mx) - jnp.outer(mx, sx_v) + n_v * jnp.outer(mx, mx)
@@ -187,9 +195,9 @@ def _fold_block_errors(stats: RidgeStats, fold: jax.Array, basis, alphas: jax.Ar
   return q_v[None] - 2 * jnp.sum(u * b[None], 1) + jnp.sum(u * au, 1)
 
 
-@jax.jit
-def _full_basis(stats: RidgeStats):
-  return _centred(stats, jnp.ones(stats.num_folds, stats.xx.dtype))
+@functools.partial(jax.jit, static_argnames="rank")
+def _full_basis(stats: RidgeStats, rank: int):
+  return _centred(stats, jnp.ones(stats.num_folds, stats.xx.dtype), rank)
 
 
 @functools.partial(jax.jit, static_argnames="size")
@@ -223,20 +231,22 @@ def solve(stats: RidgeStats, *, alphas: Sequence[float], per_target: bool = True
   starts = _blocks(k, size)
   alphas_j = jnp.asarray(grid, dtype)
   sse = np.zeros((len(grid), k), np.float64)
+  total = int(counts.sum())
+  fold_rank = min(d, total - int(counts.min()))  # one compilation serves every fold
   for fold in range(stats.num_folds):
     f = jnp.int32(fold)
-    basis = _fold_basis(stats, f)
+    basis = _fold_basis(stats, f, fold_rank)
     fold_sse = np.empty_like(sse)  # assigned, not added: the last block may overlap its neighbour
     for s in starts:
       fold_sse[:, s:s + size] = np.asarray(_fold_block_errors(stats, f, basis, alphas_j, jnp.int32(s), size))
     sse += fold_sse
-  cv_mse = sse / counts.sum()
+  cv_mse = sse / total
   if per_target:
     choice = np.argmin(cv_mse, axis=0)
   else:
     choice = np.full(k, np.argmin(cv_mse.sum(1)))
   alpha = grid[choice]
-  basis = _full_basis(stats)
+  basis = _full_basis(stats, min(d, total))
   weights = np.empty((d, k), dtype)
   bias = np.empty(k, dtype)
   alpha_j = jnp.asarray(alpha, dtype)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import re
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -63,8 +64,22 @@ def parse_spec(spec: str) -> tuple[str, list[str]]:
   return fmt, [p for p in rest.split(",") if p] if rest else []
 
 
+_SLICE = re.compile(r"^(?P<spec>.*)\[(?P<start>-?\d*):(?P<stop>-?\d*)\]$")
+
+
 def open_source(spec: str, **options: Any) -> Source:
-  """Opens a data source string, e.g. 'imagefolder:/data/val' or 'synthetic:n=500,seed=1'."""
+  """Opens a data source string, e.g. 'imagefolder:/data/val' or 'synthetic:n=500,seed=1'.
+
+  A trailing Python slice selects examples: 'imagefolder:/data/val[:49000]', '...[49000:]'.
+  """
+  m = _SLICE.match(spec) if isinstance(spec, str) else None
+  if m:
+    source = open_source(m["spec"], **options)
+    sl = slice(int(m["start"]) if m["start"] else None, int(m["stop"]) if m["stop"] else None)
+    picked = range(len(source))[sl]
+    if not picked:
+      raise ValueError(f"slice [{m['start']}:{m['stop']}] of {m['spec']!r} ({len(source)} examples) is empty")
+    return source.subset(picked)
   fmt, paths = parse_spec(spec)
   if fmt not in SOURCES:
     raise ValueError(f"unknown data source format {fmt!r} in {spec!r}; "

@@ -1,0 +1,56 @@
+"""Facial landmarks with baselines and look-back (the paper's Table 1, Fig. 2a, Fig. 3).
+
+  python launch.py --config=configs/landmarks.py              # offline: synthetic cartoon faces
+  python launch.py --config=configs/landmarks.py:300w         # ../shared/data/faces300w, 20% held out
+  python launch.py --config=configs/landmarks.py:paper \\
+      --config.backbone.weights=bvlc_alexnet.caffemodel \\
+      --config.data.train=helen:HELEN/trainset,HELEN/annotation \\
+      --config.data.test=helen:HELEN/testset,HELEN/annotation
+
+Other data: --config.data.train=300w:DIR[,DIR...] --config.data.test=300w:DIR (an empty test
+source holds out landmarks.holdout of the training faces, seeded by config.seed).
+
+Variants: '' (synthetic_faces, EfficientNet-Lite0 head), '300w' (helen_train + afw of the shared
+300-W subset, a seeded 20% of the faces held out for testing), 'paper' (AlexNet fc6, like the
+paper; point the data at Helen's 194-point annotation), 'tiny' (a seconds-long smoke run).
+"""
+from persistent import config_lib
+
+
+def get_config(arg: str | None = None):
+  c = config_lib.base("landmarks")
+  c.data.train = "synthetic_faces:n=240,seed=0"
+  c.data.test = "synthetic_faces:n=60,seed=1"
+  c.landmarks = dict(
+      margin=0.15,  # face box: square landmark box enlarged by this fraction of its side per side
+      jitter_copies=2,  # extra training crops per face with jittered boxes
+      jitter_shift=0.05,  # jitter of the box centre, fraction of the side
+      jitter_scale=0.1,  # jitter of the box side: x exp(U(-log 1.1, log 1.1))
+      rgb_size=24,  # RGB + ridge baseline: raw pixels of a rgb_size x rgb_size resize of the crop
+      rgb_alphas=tuple(float(10 ** e) for e in range(-2, 7)),
+      lookback_stages=1,  # cascade length; 0 disables look-back
+      groups="",  # '' = six default groups; or 'name:a-b,c;name2:...' (0-based, a partition)
+      lookback_quantile=0.9,  # group box pad: this quantile of the group's max training error
+      lookback_min_pad=0.02,  # plus this fraction of the face box side
+      holdout=0.2,  # used only when data.test is empty
+      ced_max=0.2,  # x range of the CED figure
+  )
+  if arg == "300w":
+    root = "../shared/data/faces300w"
+    c.data.train = f"300w:{root}/helen_train,{root}/afw"
+    c.data.test = ""
+  elif arg == "paper":
+    c.backbone.name, c.backbone.layer = "alexnet", "fc6"
+    c.data.train = "helen:HELEN/trainset,HELEN/annotation"
+    c.data.test = "helen:HELEN/testset,HELEN/annotation"
+  elif arg == "tiny":
+    c.backbone.name, c.backbone.weights, c.backbone.layer = "alexnet", "random", "fc6"
+    c.data.train = "synthetic_faces:n=24,seed=0,size=64"
+    c.data.test = "synthetic_faces:n=6,seed=1,size=64"
+    c.landmarks.jitter_copies = 1
+    c.ridge.num_folds = 3
+    c.batch_size = 8
+    c.num_figure_examples = 4
+  elif arg:
+    raise ValueError(f"unknown variant {arg!r} of configs/landmarks.py; variants: 300w, paper, tiny")
+  return c
