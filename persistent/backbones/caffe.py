@@ -49,6 +49,9 @@ IMAGENET_MEAN_BGR = (104.007, 116.669, 122.679)
 
 _MAX_DIM = 1 << 16         # kernel, stride, pad, dilation, spatial input size
 _MAX_CHANNELS = 1 << 24    # num_output, channels
+_MAX_INPUT = 1 << 31       # values in one input sample
+_MAX_PARAM = 1 << 40       # values in one parameter
+_MAX_BLOB = 1 << 48        # values in one activation blob
 
 
 class CaffeError(ValueError):
@@ -245,6 +248,15 @@ class RawLayer:
     return f"layer {self.name!r} ({self.type})"
 
 
+def _text(value: Any) -> str:
+  """A string field as str: protobuf hands proto2 strings that are not UTF-8 over as bytes."""
+  return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
+
+
+def _texts(values: Iterable[Any]) -> tuple[str, ...]:
+  return tuple(_text(v) for v in values)
+
+
 def _raw_layers(net, where: str) -> list[RawLayer]:
   if net.layer and net.layers:
     raise CaffeFormatError(f"{where}: mixes current ('layer') and legacy ('layers') definitions")
@@ -257,12 +269,12 @@ def _raw_layers(net, where: str) -> list[RawLayer]:
       v1 = cpb.enum_name(l, "type")
       typ = _V1_TYPES.get(v1)
       if typ is None:
-        raise CaffeUnsupportedError(f"{where}: layer {l.name!r} has legacy type {v1}, which has no "
-                                    "current equivalent")
-      out.append(RawLayer(l.name, typ, tuple(l.bottom), tuple(l.top), l, True))
+        raise CaffeUnsupportedError(f"{where}: layer {_text(l.name)!r} has legacy type {v1}, which "
+                                    "has no current equivalent")
+      out.append(RawLayer(_text(l.name), typ, _texts(l.bottom), _texts(l.top), l, True))
   else:
     for l in net.layer:
-      out.append(RawLayer(l.name, l.type, tuple(l.bottom), tuple(l.top), l, False))
+      out.append(RawLayer(_text(l.name), _text(l.type), _texts(l.bottom), _texts(l.top), l, False))
   return out
 
 
@@ -273,7 +285,8 @@ def _meets_rule(rule, phase: str, level: int, stages: set[str]) -> bool:
     return False
   if rule.HasField("max_level") and level > rule.max_level:
     return False
-  return all(s in stages for s in rule.stage) and not any(s in stages for s in rule.not_stage)
+  return (all(s in stages for s in _texts(rule.stage))
+          and not any(s in stages for s in _texts(rule.not_stage)))
 
 
 def _included(layer: RawLayer, phase: str, level: int, stages: set[str]) -> bool:
@@ -307,10 +320,10 @@ def net_definition(net, where: str, phase: str | None = "TEST") -> NetDefinition
     layers = [dataclasses.replace(l, snapshot=True) for l in layers]
   else:
     level = net.state.level if net.HasField("state") else 0
-    stages = set(net.state.stage) if net.HasField("state") else set()
+    stages = set(_texts(net.state.stage)) if net.HasField("state") else set()
     layers = [l for l in layers if _included(l, phase, level, stages)]
   inputs: dict[str, tuple[int, ...] | None] = {}
-  names = list(net.input)
+  names = list(_texts(net.input))
   if names:
     if net.input_shape:
       if len(net.input_shape) != len(names):
@@ -326,7 +339,7 @@ def net_definition(net, where: str, phase: str | None = "TEST") -> NetDefinition
     else:
       shapes = [None] * len(names)
     inputs = dict(zip(names, shapes))
-  return NetDefinition(net.name, layers, inputs, where)
+  return NetDefinition(_text(net.name), layers, inputs, where)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -573,8 +586,12 @@ def _check_input_shape(where: str, name: str, shape: Sequence[int]) -> tuple[int
   limits = [_MAX_CHANNELS] * len(shape)
   if len(shape) == 4:
     limits = [_MAX_CHANNELS, _MAX_CHANNELS, _MAX_DIM, _MAX_DIM]
-  if not shape or any(not 1 <= d <= m for d, m in zip(shape, limits)):
+  # The batch size (first axis) plays no part: the net runs on any batch.
+  if (not shape or shape[0] < 0
+      or any(not 1 <= d <= m for d, m in zip(shape[1:], limits[1:]))):
     raise CaffeFormatError(f"{where}: input {name!r} has an invalid shape {shape}")
+  if math.prod(shape[1:]) > _MAX_INPUT:
+    raise CaffeFormatError(f"{where}: input {name!r} of shape {shape} is implausibly large")
   return shape
 
 
@@ -653,6 +670,8 @@ def build_graph(netdef: NetDefinition) -> Graph:
     except CaffeError as e:
       raise type(e)(f"{where}: {e}") from None
     if spec.type in _PARAM_LAYOUTS and _PARAM_LAYOUTS[spec.type].names(spec):
+      if not spec.name:
+        raise CaffeFormatError(f"{where}: a {spec.type} layer with weights has no name")
       if spec.name in param_names:
         raise CaffeFormatError(f"{where}: two layers with weights are named {spec.name!r}")
       param_names.add(spec.name)
@@ -730,6 +749,10 @@ class CaffeModule(nn.Module):
   def _param(self, spec: LayerSpec, shapes: Mapping[str, tuple[int, ...]],
              init: Callable[..., dict]) -> dict:
     """The layer's parameters (created by `init(key)` at init), checked against `shapes`."""
+    for k, shape in shapes.items():
+      if math.prod(shape) > _MAX_PARAM:
+        raise CaffeMismatchError(f"{spec.where()}: parameter {k!r} would have shape {shape}; "
+                                 "refusing an implausibly large layer")
     p = self.param(spec.name, init)
     for k, shape in shapes.items():
       got = tuple(np.shape(p[k])) if k in p else None
@@ -753,6 +776,9 @@ class CaffeModule(nn.Module):
     for spec in self.layers:
       outs = _OPS[spec.type](self, spec, [blobs[b] for b in spec.bottoms])
       for top, y in zip(spec.tops, outs):
+        if math.prod(y.shape) > _MAX_BLOB:
+          raise CaffeMismatchError(f"{spec.where()}: output {top!r} would have shape "
+                                   f"{_caffe_shape(y)}; refusing an implausibly large blob")
         blobs[top] = y
     return blobs
 
@@ -1100,10 +1126,10 @@ def _weights_by_layer(model) -> dict[str, _Blobs]:
   out = {}
   for l in model.layers:
     if l.blobs:
-      out[l.name] = _Blobs(tuple(l.blobs), cpb.enum_name(l, "type"))
+      out[_text(l.name)] = _Blobs(tuple(l.blobs), cpb.enum_name(l, "type"))
   for l in model.layer:
     if l.blobs:
-      out[l.name] = _Blobs(tuple(l.blobs), l.type)
+      out[_text(l.name)] = _Blobs(tuple(l.blobs), _text(l.type))
   return out
 
 
@@ -1215,7 +1241,7 @@ def _resolve_input_shapes(graph: Graph, weights: Mapping[str, _Blobs]) -> Graph:
   for name, s in zip(graph.inputs, graph.input_shapes):
     if s is not None and len(s) == 4 and s[1] == 0:
       c = _first_conv_channels(graph, weights, name)
-      s = (s[0], c, s[2], s[3]) if c else None
+      s = (s[0], c, s[2], s[3]) if 1 <= c <= _MAX_CHANNELS else None
     shapes.append(s)
   return dataclasses.replace(graph, input_shapes=tuple(shapes))
 
