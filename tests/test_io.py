@@ -318,27 +318,35 @@ def test_truncated_legacy_file(tmp_path, cut):
     tio.load_torch_state_dict(path)
 
 
-def test_zip_missing_storage_names_it(tmp_path):
+def rewritten_zip(tmp_path, edit):
+  """A hand-built zip checkpoint copied member by member through edit(name, bytes) -> bytes | None."""
   c, main, _ = mixed_checkpoint(False)
   path = c.write(tmp_path / "ckpt.pt", pickled(main), False)
-  rewritten = tmp_path / "broken.pt"
-  with zipfile.ZipFile(path) as src, zipfile.ZipFile(rewritten, "w") as dst:
+  out = tmp_path / "edited.pt"
+  with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w") as dst:
     for n in src.namelist():
-      if n != "archive/data/3":
-        dst.writestr(n, src.read(n))
+      data = edit(n, src.read(n))
+      if data is not None:
+        dst.writestr(n, data)
+  return out
+
+
+def test_zip_missing_storage_names_it(tmp_path):
+  path = rewritten_zip(tmp_path, lambda n, d: None if n == "archive/data/3" else d)
   with pytest.raises(tio.CheckpointError, match="archive/data/3"):
-    tio.load_torch_state_dict(rewritten)
+    tio.load_torch_state_dict(path)
 
 
 def test_zip_short_storage_names_it(tmp_path):
-  c, main, _ = mixed_checkpoint(False)
-  path = c.write(tmp_path / "ckpt.pt", pickled(main), False)
-  rewritten = tmp_path / "short.pt"
-  with zipfile.ZipFile(path) as src, zipfile.ZipFile(rewritten, "w") as dst:
-    for n in src.namelist():
-      dst.writestr(n, src.read(n)[:3] if n == "archive/data/4" else src.read(n))
+  path = rewritten_zip(tmp_path, lambda n, d: d[:3] if n == "archive/data/4" else d)
   with pytest.raises(tio.CheckpointError, match="storage '4'.*truncated"):
-    tio.load_torch_state_dict(rewritten)
+    tio.load_torch_state_dict(path)
+
+
+def test_zip_without_data_pkl(tmp_path):
+  path = rewritten_zip(tmp_path, lambda n, d: None if n.endswith("data.pkl") else d)
+  with pytest.raises(tio.CheckpointError, match="data.pkl"):
+    tio.load_torch_state_dict(path)
 
 
 @FORMATS
