@@ -28,6 +28,9 @@ def feature_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
 def fit(config: ml_collections.ConfigDict, backbone: backbones.Backbone, source: data.Source,
         targets: TargetFn) -> ridge.RidgeFit:
   """Streams features and targets of `source` into ridge statistics and solves them."""
+  if len(source) < config.ridge.num_folds:
+    raise ValueError(f"training source {source.spec!r} has {len(source)} examples; "
+                     f"{config.ridge.num_folds}-fold cross-validation needs at least that many")
   fold_ids = ridge.kfold_ids(len(source), config.ridge.num_folds)
   stats, start = None, 0
   for examples, feats in features.iterate(backbone, config.backbone.layer, source,

@@ -33,9 +33,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if config.restore:
     fits, meta = checkpoint.restore(config.restore)
     fit = fits["rgb"]
-    if meta.get("size") != size or meta.get("layer") != config.backbone.layer:
-      raise ValueError(f"checkpoint {config.restore} was fitted for size {meta.get('size')} and layer "
-                       f"{meta.get('layer')!r}, not {size} and {config.backbone.layer!r}")
+    fitted = (meta.get("size"), meta["backbone"]["name"], meta["backbone"]["layer"])
+    wanted = (size, config.backbone.name, config.backbone.layer)
+    if fitted != wanted:
+      raise ValueError(f"checkpoint {config.restore} was fitted for (size, backbone, layer) {fitted}, "
+                       f"not {wanted}")
     mean_image = np.asarray(meta["train_mean"], np.float32)
   else:
     fit = probe.fit(config, backbone, train, to_targets)
