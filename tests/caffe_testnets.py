@@ -70,19 +70,28 @@ def _ld(field: int, payload: bytes) -> bytes:
   return _key(field, 2) + _varint(len(payload)) + payload
 
 
+def _ld_parts(field: int, parts: list) -> list:
+  """A length-delimited field as a list of byte chunks (large blobs are not copied)."""
+  return [_key(field, 2), _varint(sum(len(p) for p in parts)), *parts]
+
+
 def _int(field: int, value: int) -> bytes:
   return _key(field, 0) + _varint(value)
 
 
 def blob_bytes(arr: np.ndarray, legacy: bool) -> bytes:
   """A BlobProto: legacy blobs give num/channels/height/width (leading ones), others a BlobShape."""
-  arr = np.asarray(arr, np.float32)
+  return b"".join(_blob_parts(arr, legacy))
+
+
+def _blob_parts(arr: np.ndarray, legacy: bool) -> list:
+  arr = np.ascontiguousarray(arr, "<f4")
   if legacy:
     dims = (1,) * (4 - arr.ndim) + arr.shape
     head = b"".join(_int(_BLOB[k], d) for k, d in zip(("num", "channels", "height", "width"), dims))
   else:
     head = _ld(_BLOB["shape"], _ld(1, b"".join(_varint(d) for d in arr.shape)))
-  return head + _ld(_BLOB["data"], arr.astype("<f4").tobytes())
+  return [head, *_ld_parts(_BLOB["data"], [memoryview(arr).cast("B")])]
 
 
 def _param_bytes(field: str, text: str) -> bytes:
@@ -93,7 +102,7 @@ def _param_bytes(field: str, text: str) -> bytes:
   return text_format.Parse(text, cls()).SerializeToString()
 
 
-def _layer_bytes(layer: Layer, v1: bool, with_blobs: bool) -> bytes:
+def _layer_parts(layer: Layer, v1: bool, with_blobs: bool) -> list:
   f = _V1 if v1 else _LAYER
   out = [_ld(f["name"], layer.name.encode())]
   if v1:
@@ -109,15 +118,23 @@ def _layer_bytes(layer: Layer, v1: bool, with_blobs: bool) -> bytes:
     assert number is not None, f"{field} has no V1 form"
     out.append(_ld(number, _param_bytes(field, text)))
   if with_blobs:
-    out += [_ld(f["blobs"], blob_bytes(b, legacy=v1)) for b in layer.blobs]
-  return b"".join(out)
+    for b in layer.blobs:
+      out += _ld_parts(f["blobs"], _blob_parts(b, legacy=v1))
+  return out
+
+
+def caffemodel_parts(layers: Sequence[Layer], v1: bool = False, name: str = "testnet") -> list:
+  """`caffemodel` as a list of byte chunks, for writing large nets without copies."""
+  field = _NET["layers"] if v1 else _NET["layer"]
+  out = [_ld(_NET["name"], name.encode())]
+  for l in layers:
+    out += _ld_parts(field, _layer_parts(l, v1, True))
+  return out
 
 
 def caffemodel(layers: Sequence[Layer], v1: bool = False, name: str = "testnet") -> bytes:
   """A binary NetParameter with the layers (definitions and blobs)."""
-  field = _NET["layers"] if v1 else _NET["layer"]
-  return _ld(_NET["name"], name.encode()) + b"".join(
-      _ld(field, _layer_bytes(l, v1, True)) for l in layers)
+  return b"".join(caffemodel_parts(layers, v1, name))
 
 
 # ------------------------------------------------------------------------------- text format
@@ -248,7 +265,8 @@ def write_alexnet(folder, order: str, v1: bool, seed: int = 0, train: bool = Tru
   model = os.path.join(folder, f"{tag}.caffemodel")
   deploy = os.path.join(folder, f"{order}_deploy.prototxt")
   with open(model, "wb") as f:
-    f.write(caffemodel(alexnet_layers(order, seed, train=train, crop=crop), v1=v1, name=order))
+    f.writelines(caffemodel_parts(alexnet_layers(order, seed, train=train, crop=crop), v1=v1,
+                                  name=order))
   with open(deploy, "w") as f:
     f.write(prototxt(alexnet_layers(order, weights=False), (10, 3, 227, 227), name=order))
   return model, deploy

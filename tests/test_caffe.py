@@ -182,14 +182,12 @@ def test_alexnet_backbone_from_caffemodel_matches_opencv(alexnet_case):
   print("alexnet backbone max rel err", max(errs.values()))
 
 
-def test_convert_caffe_checkpoint_into_caffenet_backbone(caffenet_case, tmp_path):
+def test_convert_caffe_checkpoint_into_caffenet_backbone(caffenet_case, tmp_path, capsys):
+  from persistent.tools import convert_caffe
   model, deploy, x, ref = caffenet_case
   out_dir = str(tmp_path / "caffenet_ckpt")
-  proc = subprocess.run([sys.executable, "-m", "persistent.tools.convert_caffe", "--caffemodel",
-                         model, "--prototxt", deploy, "--out", out_dir], cwd=ROOT,
-                        capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  assert '"backbone": "caffenet"' in proc.stdout  # the order was read from the definitions
+  assert convert_caffe.main(["--caffemodel", model, "--prototxt", deploy, "--out", out_dir]) == 0
+  assert '"backbone": "caffenet"' in capsys.readouterr().out  # order read from the definitions
   bb = backbones.create("caffenet", weights=out_dir)
   assert bb.weights_id == backbones.file_digest(model)
   out = jax.jit(bb.module.apply)({"params": bb.params}, jnp.asarray(x))
@@ -198,10 +196,33 @@ def test_convert_caffe_checkpoint_into_caffenet_backbone(caffenet_case, tmp_path
   with pytest.raises(caffe.CaffeMismatchError, match="caffenet"):
     backbones.create("alexnet", weights=out_dir)
   # A second conversion into the same folder needs --force.
-  again = subprocess.run([sys.executable, "-m", "persistent.tools.convert_caffe", "--caffemodel",
-                          model, "--out", out_dir], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300)
-  assert again.returncode == 1 and "--force" in again.stderr
+  assert convert_caffe.main(["--caffemodel", model, "--out", out_dir]) == 1
+  assert "--force" in capsys.readouterr().err
+  # The command line itself.
+  proc = subprocess.run([sys.executable, "-m", "persistent.tools.convert_caffe", "--help"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0 and "--caffemodel" in proc.stdout
+  with pytest.raises(caffe.CaffeFormatError, match="not a checkpoint written by"):
+    backbones.create("caffenet", weights=str(tmp_path))
+
+
+def test_both_binary_formats_give_the_same_net(alexnet_case, caffenet_case, tmp_path):
+  """Each net written again in the other binary format reads as the same graph and weights."""
+  def read(path):
+    model = caffe.read_caffemodel(path)
+    graph = caffe.build_graph(caffe.net_definition(model, path, phase=None))
+    return graph, caffe.convert_params(graph, caffe._weights_by_layer(model), path)
+
+  for (model, _, _, _), order, seed, v1 in ((alexnet_case, "alexnet", 1, False),
+                                            (caffenet_case, "caffenet", 2, True)):
+    other, _ = tn.write_alexnet(str(tmp_path), order, v1=v1, seed=seed)
+    (ga, pa), (gb, pb) = read(model), read(other)
+    os.unlink(other)
+    assert ga.layers == gb.layers and ga.input_shapes == gb.input_shapes
+    assert pa.keys() == pb.keys()
+    for layer in pa:
+      for k in pa[layer]:
+        np.testing.assert_array_equal(pa[layer][k], pb[layer][k], err_msg=f"{layer}/{k}")
 
 
 def test_backbone_refuses_the_other_layer_order(caffenet_case):

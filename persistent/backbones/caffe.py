@@ -234,18 +234,22 @@ _TRAINING_ONLY = frozenset({"Accuracy", "Silence", "HDF5Output"})
 
 
 @dataclasses.dataclass(frozen=True)
-class RawLayer:
-  """One layer of a definition, from either format (`param` is the protobuf message)."""
+class _Layer:
   name: str
   type: str
   bottoms: tuple[str, ...]
   tops: tuple[str, ...]
-  param: Any
-  legacy: bool
-  snapshot: bool = False  # from a caffemodel's stored (training) definition
 
   def where(self) -> str:
     return f"layer {self.name!r} ({self.type})"
+
+
+@dataclasses.dataclass(frozen=True)
+class RawLayer(_Layer):
+  """One layer of a definition, from either format (`param` is the protobuf message)."""
+  param: Any
+  legacy: bool
+  snapshot: bool = False  # from a caffemodel's stored (training) definition
 
 
 def _text(value: Any) -> str:
@@ -347,12 +351,8 @@ def net_definition(net, where: str, phase: str | None = "TEST") -> NetDefinition
 # ---------------------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
-class LayerSpec:
+class LayerSpec(_Layer):
   """A layer of the compiled graph: type, blob names and hashable settings."""
-  name: str
-  type: str
-  bottoms: tuple[str, ...]
-  tops: tuple[str, ...]
   attrs: tuple[tuple[str, Any], ...] = ()
 
   def __getitem__(self, key: str) -> Any:
@@ -360,9 +360,6 @@ class LayerSpec:
       if k == key:
         return v
     raise KeyError(key)
-
-  def where(self) -> str:
-    return f"layer {self.name!r} ({self.type})"
 
 
 def _check_range(layer: RawLayer, what: str, value: int, lo: int, hi: int) -> int:
