@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import io
 import os
 import pickle
@@ -145,7 +146,8 @@ def _rebuild_parameter(data: Any, *unused: Any) -> _Tensor:
 
 def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> _Tensor:
   """Stand-in for `torch._tensor._rebuild_from_type_v2`, for plain tensors and parameters only."""
-  if func not in (_rebuild_tensor, _rebuild_tensor_v3, _rebuild_parameter) or not isinstance(args, tuple):
+  inner = func.func if isinstance(func, functools.partial) and not func.args and not func.keywords else None
+  if inner not in (_rebuild_tensor, _rebuild_tensor_v3, _rebuild_parameter) or not isinstance(args, tuple):
     raise UnsafeCheckpointError(f"refusing tensor rebuild through {func!r}")
   if new_type not in (_TENSOR_TYPE, _PARAMETER_TYPE):
     raise UnsafeCheckpointError(f"refusing tensor subclass {new_type!r}")
@@ -200,10 +202,13 @@ class _RestrictedUnpickler(pickle.Unpickler):
     self._where = where
 
   def find_class(self, module: str, name: str) -> Any:
-    try:
-      return _SAFE_GLOBALS[(module, name)]
-    except (KeyError, TypeError):
-      pass
+    target = _SAFE_GLOBALS.get((module, name)) if isinstance(module, str) and isinstance(name, str) else None
+    if target is not None:
+      # A fresh object per reference, so that a BUILD opcode aimed at it (setattr) alters only
+      # this load's copy, never the shared stand-ins that later loads use.
+      if dataclasses.is_dataclass(target):
+        return dataclasses.replace(target)
+      return target if isinstance(target, type) else functools.partial(target)
     hint = ""
     if name in ("system", "exec", "eval", "Popen", "call", "run", "check_output", "__import__",
                 "getattr", "compile", "open") or module in ("os", "posix", "nt", "subprocess", "builtins"):

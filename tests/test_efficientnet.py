@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import shared_path
 from persistent import backbones
 from persistent import io as tio
 from persistent.backbones import efficientnet as effnet
@@ -18,7 +19,6 @@ from persistent.data import imagenet, images
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 GOLDEN = os.path.join(FIXTURES, "efficientnet_lite0_golden.npz")
-SAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "imagenet_samples")
 TOP1_FLOOR = 0.80  # measured 0.869 (695/800) with the TF eval crop; one-per-class samples are noisy
 GOLDEN_RTOL = 1e-4
 
@@ -41,13 +41,19 @@ def golden():
   return dict(np.load(GOLDEN))
 
 
+@pytest.fixture(scope="module")
+def golden_out(pretrained, golden):
+  """All taps of the pretrained network on the golden images (one eager forward pass)."""
+  return pretrained(golden["images"])
+
+
 def _rel_err(got, want) -> float:
   got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
   return float(np.abs(got - want).max() / np.abs(want).max())
 
 
-def test_golden_outputs_match_reference(pretrained, golden):
-  out = pretrained(golden["images"])
+def test_golden_outputs_match_reference(golden_out, golden):
+  out = golden_out
   for layer in ("logits", "head", "head_grid2", "head_grid3"):
     assert out[layer].shape == golden[layer].shape, layer
     assert out[layer].dtype == jnp.float32
@@ -58,24 +64,23 @@ def test_golden_outputs_match_reference(pretrained, golden):
       list(np.argmax(golden["logits"], -1))
 
 
-def test_taps_shapes_and_layout(pretrained, golden):
-  x = golden["images"][:2]
-  out = pretrained(x)
+def test_taps_shapes_and_layout(pretrained, golden, golden_out):
+  x, out = golden["images"], golden_out
   assert set(out) == set(pretrained.layers) == set(effnet.LAYERS)
-  expect = {"stem": (2, 112, 112, 32), "stage1": (2, 112, 112, 16), "stage2": (2, 56, 56, 24),
-            "stage3": (2, 28, 28, 40), "stage4": (2, 14, 14, 80), "stage5": (2, 14, 14, 112),
-            "stage6": (2, 7, 7, 192), "stage7": (2, 7, 7, 320), "block15": (2, 7, 7, 320),
-            "head_map": (2, 7, 7, 1280), "head": (2, 1280), "head_grid2": (2, 4 * 1280),
-            "head_grid3": (2, 9 * 1280), "logits": (2, 1000), "prob": (2, 1000)}
+  expect = {"stem": (3, 112, 112, 32), "stage1": (3, 112, 112, 16), "stage2": (3, 56, 56, 24),
+            "stage3": (3, 28, 28, 40), "stage4": (3, 14, 14, 80), "stage5": (3, 14, 14, 112),
+            "stage6": (3, 7, 7, 192), "stage7": (3, 7, 7, 320), "block15": (3, 7, 7, 320),
+            "head_map": (3, 7, 7, 1280), "head": (3, 1280), "head_grid2": (3, 4 * 1280),
+            "head_grid3": (3, 9 * 1280), "logits": (3, 1000), "prob": (3, 1000)}
   for layer, shape in expect.items():
     assert out[layer].shape == shape, layer
   head_map = np.asarray(out["head_map"], np.float64)
   np.testing.assert_allclose(out["head"], head_map.mean((1, 2)), rtol=1e-5, atol=1e-6)
   # Spatial layout: (row, column, channel); 7 rows split into adaptive bins [0,4) and [3,7).
-  g2 = np.asarray(out["head_grid2"]).reshape(2, 2, 2, 1280)
+  g2 = np.asarray(out["head_grid2"]).reshape(3, 2, 2, 1280)
   np.testing.assert_allclose(g2[:, 0, 1], head_map[:, 0:4, 3:7].mean((1, 2)), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(g2[:, 1, 0], head_map[:, 3:7, 0:4].mean((1, 2)), rtol=1e-5, atol=1e-6)
-  g3 = np.asarray(out["head_grid3"]).reshape(2, 3, 3, 1280)
+  g3 = np.asarray(out["head_grid3"]).reshape(3, 3, 3, 1280)
   np.testing.assert_allclose(g3[:, 2, 1], head_map[:, 4:7, 2:5].mean((1, 2)), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(np.asarray(out["prob"]).sum(-1), 1.0, rtol=1e-5)
   assert np.all((head_map >= 0) & (head_map <= 6))  # ReLU6
@@ -195,10 +200,9 @@ def test_imagenet_helpers():
 
 
 def test_imagenet_top1_on_shared_samples():
-  if not os.path.isdir(SAMPLES):
-    pytest.skip(f"ImageNet samples not found at {SAMPLES} (shared dev/CI data)")
+  samples = shared_path("data", "imagenet_samples")
   _default_weights_or_skip()
-  files = sorted(glob.glob(os.path.join(SAMPLES, "*.jpg")))
+  files = sorted(glob.glob(os.path.join(samples, "*.jpg")))
   assert len(files) == 800
   logits = backbones.create("efficientnet_lite0").tap("logits")
   correct = 0

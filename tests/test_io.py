@@ -456,6 +456,28 @@ def test_other_globals_are_refused(tmp_path, module, name):
     tio.load_torch_state_dict(path)
 
 
+@pytest.mark.parametrize("target,state,as_slots", [
+    (op_global("torch", "FloatStorage"), {"name": "DoubleStorage"}, False),  # __dict__.update
+    (op_global("torch", "Tensor"), {"name": "x"}, False),
+    (op_global("torch._utils", "_rebuild_tensor_v2"), {"__kwdefaults__": None}, True),  # setattr
+], ids=["storage-dict", "tensor-dict", "function-setattr"])
+def test_build_cannot_tamper_with_later_loads(tmp_path, target, state, as_slots):
+  """BUILD (setstate/setattr) on an admitted global alters at most that load's own copy."""
+  state_ops = op_dict(list(state.items()), ordered=False)
+  if as_slots:
+    state_ops = b"N" + state_ops + b"\x86"  # (None, slotstate): setattr for each item
+  evil = Checkpoint().write(tmp_path / "evil.pt", pickled(target + state_ops + b"b"), False)
+  try:
+    tio.load_torch_checkpoint(evil)
+  except tio.CheckpointError:
+    pass
+  expected = np.load(os.path.join(FIXTURES, "torch_small_expected.npz"))
+  sd = tio.load_torch_state_dict(os.path.join(FIXTURES, "torch_small_zip.pt"))
+  assert_state_dict_equal(sd, {k: expected[k] for k in expected.files})
+  torch_v3 = tio._SAFE_GLOBALS[("torch", "float32")]
+  assert tio._SAFE_GLOBALS[("torch", "FloatStorage")].name == "FloatStorage" and torch_v3.storage == "FloatStorage"
+
+
 def test_pickled_module_persistent_id_is_refused(tmp_path):
   """torch.save(model) in the legacy format refers to module source through ('module', ...) ids."""
   body = b"(" + op_str("module") + op_str("Net") + op_str("net.py") + op_str("class Net: ...") + b"tQ"
