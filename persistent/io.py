@@ -25,6 +25,7 @@ import collections
 import dataclasses
 import functools
 import io
+import math
 import os
 import pickle
 import struct
@@ -37,6 +38,8 @@ __all__ = ["CheckpointError", "CheckpointNotFoundError", "UnsafeCheckpointError"
 
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL_VERSION = 1001
+# A tensor may repeat its storage (stride 0, as `expand` saves); more than this many bytes is refused.
+MAX_EXPANDED_BYTES = 1 << 32
 
 # Keys under which training scripts commonly nest the state dict, in the order they are tried.
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "params", "module",
@@ -268,6 +271,7 @@ def _decode_storage(raw: bytes | memoryview, storage: _Storage, big_endian: bool
 
 def _read_legacy(f: BinaryIO, where: str) -> tuple[Any, dict[str, _Storage]]:
   storages: dict[str, _Storage] = {}
+  file_size = os.fstat(f.fileno()).st_size
   magic = _unpickle(f, {}, where)
   if magic != LEGACY_MAGIC_NUMBER:
     raise CheckpointError(f"{where} is not a PyTorch checkpoint (bad magic number)")
@@ -293,8 +297,11 @@ def _read_legacy(f: BinaryIO, where: str) -> tuple[Any, dict[str, _Storage]]:
     if count != storage.numel:
       raise CheckpointError(f"{where}: storage {key!r} holds {count} elements, "
                             f"the pickle expects {storage.numel}")
-    raw = f.read(count * storage.type.dtype.itemsize)
-    storage.data = _decode_storage(raw, storage, big_endian, where)
+    nbytes = count * storage.type.dtype.itemsize
+    if nbytes > file_size - f.tell():
+      raise CheckpointError(f"{where}: storage {key!r} is truncated: the file ends before its "
+                            f"{nbytes} bytes")
+    storage.data = _decode_storage(f.read(nbytes), storage, big_endian, where)
   return obj, storages
 
 
@@ -323,7 +330,12 @@ def _read_zip(path: str, where: str) -> tuple[Any, dict[str, _Storage]]:
         member = f"{prefix}data/{key}"
         if member not in names:
           raise CheckpointError(f"{where}: storage file {member!r} is missing")
-        storage.data = _decode_storage(zf.read(member), storage, big_endian, where)
+        nbytes = storage.numel * storage.type.dtype.itemsize
+        if zf.getinfo(member).file_size < nbytes:
+          raise CheckpointError(f"{where}: storage {key!r} is truncated: {member!r} holds "
+                                f"{zf.getinfo(member).file_size} bytes, expected {nbytes}")
+        with zf.open(member) as m:  # never more than the storage's size, whatever the zip claims
+          storage.data = _decode_storage(m.read(nbytes), storage, big_endian, where)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as e:
       raise CheckpointError(f"{where}: damaged zip checkpoint: {e}") from None
   return obj, storages
@@ -341,7 +353,10 @@ def _materialize(t: _Tensor, name: str, where: str) -> np.ndarray:
       raise CheckpointError(f"{where}: tensor {name!r} is {type_name} on a {storage.type.name}")
     itemsize = _STORAGE_DTYPES[type_name].itemsize
     data = data[: data.size // itemsize * itemsize].view(_STORAGE_DTYPES[type_name])
-  numel = int(np.prod(t.shape, dtype=np.int64))
+  numel = math.prod(t.shape)
+  if numel > data.size and numel * data.itemsize > MAX_EXPANDED_BYTES:
+    raise CheckpointError(f"{where}: tensor {name!r} of size {list(t.shape)} would expand "
+                          f"{data.size} stored elements to {numel * data.itemsize} bytes")
   if numel:
     last = t.offset + sum((n - 1) * s for n, s in zip(t.shape, t.stride))
     if last >= data.size:

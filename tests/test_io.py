@@ -360,6 +360,33 @@ def test_tensor_past_its_storage_is_named(tmp_path, legacy):
     tio.load_torch_state_dict(path)
 
 
+@FORMATS
+def test_expanded_views(tmp_path, legacy):
+  """Stride-0 views (torch's expand) read back; absurd expansions are refused, not allocated."""
+  c = Checkpoint()
+  c.storage("0", np.array([1.0, 2.0], np.float32))
+  main = op_dict([("row", c.tensor("0", 0, (3, 2), (0, 1), legacy)),
+                  ("bomb", c.tensor("0", 0, (1 << 20, 1 << 20), (0, 0), legacy))])
+  path = c.write(tmp_path / "ckpt", pickled(main), legacy)
+  with pytest.raises(tio.CheckpointError, match="tensor 'bomb'.*would expand"):
+    tio.load_torch_state_dict(path)
+  path = c.write(tmp_path / "ok", pickled(op_dict([("row", c.tensor("0", 0, (3, 2), (0, 1), legacy))])), legacy)
+  np.testing.assert_array_equal(tio.load_torch_state_dict(path)["row"], [[1, 2]] * 3)
+
+
+def test_huge_claimed_storage_is_not_allocated(tmp_path):
+  c = Checkpoint()
+  c.storage("0", np.zeros(4, np.float32))
+  main = op_dict([("w", op_tensor(op_storage("0", "FloatStorage", 1 << 40, True), 0, (4,), (1,)))])
+  path = c.write(tmp_path / "ckpt", pickled(main), True)
+  data = bytearray(open(path, "rb").read())
+  i = data.rindex(struct.pack("<q", 4))  # the storage's element count, just before its bytes
+  data[i:i + 8] = struct.pack("<q", 1 << 40)
+  open(path, "wb").write(bytes(data))
+  with pytest.raises(tio.CheckpointError, match="storage '0' is truncated"):
+    tio.load_torch_state_dict(path)
+
+
 def test_legacy_element_count_mismatch(tmp_path):
   c = Checkpoint()
   c.storage("0", np.zeros(6, np.float32))
