@@ -354,3 +354,11 @@ def test_hostile_numbers_in_a_valid_prototxt(dims, conv, pool, method, axes, glo
            f"inner_product_param {{ num_output: {fc} axis: {axes[3]} }} }}\n")
   text += 'layer { name: "sm" type: "Softmax" bottom: "f" top: "sm" }\n'
   expect_clean(run_pipeline, None, text, True)
+
+
+def test_hostile_data_layer_crop():
+  """A training definition's crop_size sets the input size: it is range-checked too."""
+  layers = _v1_net(np.random.default_rng(1))
+  layers[0].params["transform_param"] = "crop_size: 4294967295"
+  with pytest.raises(caffe.CaffeFormatError, match="invalid shape"):
+    run_pipeline(tn.caffemodel(layers, v1=True), None, True)

@@ -645,8 +645,8 @@ def build_graph(netdef: NetDefinition) -> Graph:
       if not layer.tops:
         raise CaffeFormatError(f"{where}: {layer.where()} has no top")
       shape = _data_layer_shape(layer)
-      if shape is not None:
-        shape = (shape[0], shape[1], *_check_input_shape(where, layer.tops[0], shape[2:]))
+      if shape is not None:  # channels may be 0 (unknown) here
+        _check_input_shape(where, layer.tops[0], (1, max(shape[1], 1), *shape[2:]))
       inputs[layer.tops[0]] = shape
       available.add(layer.tops[0])
       labels.update(layer.tops[1:])
@@ -679,9 +679,9 @@ def build_graph(netdef: NetDefinition) -> Graph:
                            "data layer)")
   if not specs:
     raise CaffeFormatError(f"{where}: the net has no layers to run")
-  blob_names = list(inputs)
+  blob_names = dict.fromkeys(inputs)
   for s in specs:
-    blob_names += [t for t in s.tops if t not in blob_names]
+    blob_names.update(dict.fromkeys(s.tops))
   return Graph(netdef.name, tuple(specs), tuple(inputs), tuple(inputs.values()),
                tuple(blob_names), tuple(dropped))
 
