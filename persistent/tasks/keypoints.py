@@ -17,6 +17,7 @@ import logging
 import os
 from typing import Any
 
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -53,28 +54,29 @@ def from_crop(rel: np.ndarray, boxes: np.ndarray) -> np.ndarray:
   return origin + rel * extent
 
 
-def collect(config: ml_collections.ConfigDict, backbone, source: data.Source, keep_images: int = 0
-            ) -> dict[str, Any]:
-  """Features and keypoint annotations of every object of a (cropped) source, in order; the
-  first `keep_images` crops are kept for figures."""
-  feats, kp, vis, boxes, crops, names, images = [], [], [], [], [], None, []
+def collect(config: ml_collections.ConfigDict, backbone, source: data.Source, keep_images: int = 2
+            ) -> dict[str, dict[str, Any]]:
+  """Per class: features and keypoint annotations of its objects in a (cropped) source, and the
+  first `keep_images` crops for figures. One feature pass serves every class."""
+  out: dict[str, dict[str, Any]] = {}
   for examples, f in features.iterate(backbone, config.backbone.layer, source, **probe.feature_options(config)):
-    for ex in examples:
-      if names is None:
-        names = tuple(ex["keypoint_names"])
-      elif tuple(ex["keypoint_names"]) != names:
-        raise ValueError(f"object {ex['id']!r} has keypoints {ex['keypoint_names']}, others of its class "
-                         f"{names}")
-      kp.append(np.asarray(ex["keypoints"], np.float32))
-      vis.append(np.asarray(ex["visible"], bool))
-      boxes.append(np.asarray(ex["box"], np.float32))
-      crops.append(ex["crop_box"])
-      if len(images) < keep_images:
-        images.append(ex["image"])
-    feats.append(f)
-  return {"x": np.concatenate(feats), "keypoints": np.stack(kp), "visible": np.stack(vis),
-          "boxes": np.stack(boxes), "crops": np.stack(crops).astype(np.float32), "names": names,
-          "images": images}
+    for ex, feat in zip(examples, f):
+      c = out.setdefault(ex["class"], {"x": [], "keypoints": [], "visible": [], "boxes": [], "crops": [],
+                                       "names": tuple(ex["keypoint_names"]), "images": []})
+      if tuple(ex["keypoint_names"]) != c["names"]:
+        raise ValueError(f"object {ex['id']!r} has keypoints {ex['keypoint_names']}, other objects of class "
+                         f"{ex['class']!r} have {c['names']}")
+      c["x"].append(feat)
+      c["keypoints"].append(np.asarray(ex["keypoints"], np.float32))
+      c["visible"].append(np.asarray(ex["visible"], bool))
+      c["boxes"].append(np.asarray(ex["box"], np.float32))
+      c["crops"].append(np.asarray(ex["crop_box"], np.float32))
+      if len(c["images"]) < keep_images:
+        c["images"].append(ex["image"])
+  for c in out.values():
+    for key in ("x", "keypoints", "visible", "boxes", "crops"):
+      c[key] = np.stack(c[key])
+  return out
 
 
 def visibility_groups(visible: np.ndarray) -> list[np.ndarray]:
@@ -85,19 +87,37 @@ def visibility_groups(visible: np.ndarray) -> list[np.ndarray]:
   return [np.array(g) for g in groups.values()]
 
 
+def row_space(x: np.ndarray, bucket: int = 64) -> np.ndarray:
+  """An orthonormal basis (d, r) of the span of the rows of x, zero-padded to a multiple of `bucket`.
+
+  Ridge on z = x Q is ridge on x restricted to this span, which holds every ridge solution fitted
+  on any subset of the rows (with its intercept), so it is exact; with n < d objects it shrinks
+  the eigenproblems from d x d to about n x n, and the padding (zero features, zero weights)
+  keeps the number of distinct shapes, hence compilations, small.
+  """
+  _, s, vt = np.linalg.svd(np.asarray(x, np.float64), full_matrices=False)
+  q = vt[s > s[0] * 1e-7].T if s.size and s[0] > 0 else np.zeros((x.shape[1], 0))
+  r = max(bucket, -(-q.shape[1] // bucket) * bucket)
+  return np.concatenate([q, np.zeros((x.shape[1], r - q.shape[1]))], 1).astype(np.float32)
+
+
 def fit_class(config: ml_collections.ConfigDict, train: dict[str, np.ndarray]) -> list[dict[str, Any]]:
   """Per visibility group: {'keypoints': idx, 'fit': RidgeFit} or {'keypoints': idx, 'mean': (k*2,)}."""
   rel = to_crop(train["keypoints"], train["crops"])  # (N, K, 2)
+  q = row_space(train["x"])
+  z = train["x"] @ q
   models = []
   for group in visibility_groups(train["visible"]):
     rows = train["visible"][:, group[0]]
-    y = rel[rows][:, group].reshape(int(rows.sum()), -1)
-    if rows.sum() < 2 * config.ridge.num_folds:
-      mean = y.mean(0) if rows.any() else np.full(2 * group.size, 0.5)
+    n = int(rows.sum())
+    if n < 2 * config.ridge.num_folds:
+      mean = rel[rows][:, group].reshape(n, -1).mean(0) if n else np.full(2 * group.size, 0.5)
       models.append({"keypoints": group, "mean": mean.astype(np.float32)})
       continue
-    fit = ridge.fit(train["x"][rows], y, alphas=config.ridge.alphas, num_folds=config.ridge.num_folds,
-                    per_target=config.ridge.per_target, dtype=config.ridge.dtype)
+    y = rel[rows][:, group].reshape(n, -1)
+    fz = ridge.fit(z[rows], y, alphas=config.ridge.alphas, num_folds=config.ridge.num_folds,
+                   per_target=config.ridge.per_target, dtype=config.ridge.dtype, batch_size=64)
+    fit = fz.replace(weights=jnp.asarray(q @ np.asarray(fz.weights)))  # back to the feature space
     models.append({"keypoints": group, "fit": fit})
   return models
 
@@ -111,13 +131,6 @@ def predict_class(models: list[dict[str, Any]], x: np.ndarray, num_keypoints: in
       out[:, g] = np.asarray(ridge.predict(m["fit"], x)).reshape(x.shape[0], g.size, 2)
     else:
       out[:, g] = m["mean"].reshape(g.size, 2)
-  return out
-
-
-def _by_class(source: data.Source) -> dict[str, list[int]]:
-  out: dict[str, list[int]] = {}
-  for i, example_id in enumerate(source.ids):
-    out.setdefault(keypoint_data.class_of(example_id), []).append(i)
   return out
 
 
@@ -157,19 +170,22 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   backbone = probe.backbone_from_config(config)
   fn, tag = crop_transform(backbone.input_size, kc.context)
   test = data.open_source(config.data.test)
-  test_classes = _by_class(test)
   wanted = set(kc.classes.split("+")) if kc.classes else None
+
+  def objects(source: data.Source) -> data.Source:
+    if wanted is not None:
+      source = source.subset([i for i, e in enumerate(source.ids) if keypoint_data.class_of(e) in wanted])
+      if not len(source):
+        raise ValueError(f"no object of the classes {kc.classes!r} in {source.spec!r}")
+    return source.map(fn, tag)
 
   if config.restore:
     models, means = _restore(config)
   else:
-    train = data.open_source(config.data.train)
+    train = collect(config, backbone, objects(data.open_source(config.data.train)))
     models, means = {}, {}
-    for cls, idx in sorted(_by_class(train).items()):
-      if wanted is not None and cls not in wanted:
-        continue
-      logging.info("keypoints: class %s, %d training objects", cls, len(idx))
-      tr = collect(config, backbone, train.subset(idx).map(fn, tag))
+    for cls, tr in sorted(train.items()):
+      logging.info("keypoints: class %s, %d training objects", cls, tr["x"].shape[0])
       models[cls] = fit_class(config, tr)
       rel = to_crop(tr["keypoints"], tr["crops"])
       vis = tr["visible"][..., None]
@@ -178,16 +194,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     _save(workdir, config, models, means)
 
   per_class, per_class_prior, curves, curves_prior, examples = {}, {}, {}, {}, []
-  all_err, all_vis, skipped = [], [], 0
+  all_err, skipped = [], 0
   fallbacks = sum(m["keypoints"].size for ms in models.values() for m in ms if "fit" not in m)
-  for cls, idx in sorted(test_classes.items()):
+  for cls, te in sorted(collect(config, backbone, objects(test)).items()):
+    n = te["x"].shape[0]
     if cls not in models:
-      skipped += len(idx)
+      skipped += n
       continue
-    te = collect(config, backbone, test.subset(idx).map(fn, tag), keep_images=2)
     k = te["keypoints"].shape[1]
     pred = from_crop(predict_class(models[cls], te["x"], k), te["crops"])
-    prior = from_crop(np.broadcast_to(means[cls], (len(idx), k, 2)), te["crops"])
+    prior = from_crop(np.broadcast_to(means[cls], (n, k, 2)), te["crops"])
     err = pck.normalised_errors(pred, te["keypoints"], te["boxes"])
     err_prior = pck.normalised_errors(prior, te["keypoints"], te["boxes"])
     per_class[cls] = pck.pck(err, te["visible"], 0.1)
@@ -196,7 +212,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     curves_prior[cls] = pck.pck_curve(err_prior, te["visible"], ALPHAS)
     all_err.append(err[te["visible"]])
     if len(examples) < config.num_figure_examples:
-      examples.append((cls, te, pred, min(2, len(idx))))
+      examples.append((cls, te, pred, len(te["images"])))
   if skipped:
     logging.warning("keypoints: %d test objects of classes without a trained probe were not scored", skipped)
   if not per_class:

@@ -1,0 +1,190 @@
+"""Keypoint sources (tiny XML / JSON fixtures), the per-class probe's algebra and a tiny run."""
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from persistent import data, ridge
+from persistent.data import keypoints as kp_data
+from persistent.tasks import keypoints as kp_task
+
+XML = """<?xml version="1.0" encoding="utf-8"?>
+<annotation>
+  <image>{image}</image>
+  <voc_id>1</voc_id>
+  <category>{cls}</category>
+  <visible_bounds height="20.00" width="30.00" xmin="5.00" ymin="4.00"/>
+  <keypoints>
+{points}
+  </keypoints>
+</annotation>
+"""
+
+
+def _point(name, x, y, visible=1):
+  return f'    <keypoint name="{name}" visible="{visible}" x="{x}" y="{y}" z="0.00"/>'
+
+
+def _voc_fixture(tmp_path):
+  ann, jpg = tmp_path / "annotations", tmp_path / "JPEGImages"
+  (ann / "cat").mkdir(parents=True)
+  (ann / "bottle").mkdir()
+  jpg.mkdir()
+  for stem in ("2008_000001", "2008_000002"):
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(jpg / f"{stem}.jpg")
+  (ann / "cat" / "2008_000001_1.xml").write_text(XML.format(
+      image="2008_000001", cls="cat", points="\n".join([_point("Nose", 10, 12), _point("L_Eye", 8, 9, 0)])))
+  (ann / "cat" / "2008_000002_1.xml").write_text(XML.format(
+      image="2008_000002", cls="cat", points=_point("R_Eye", 20.5, 9.25)))
+  (ann / "bottle" / "2008_000002_2.xml").write_text(XML.format(
+      image="2008_000002", cls="bottle", points=_point("L_Base", 1, 2)))
+  return ann, jpg
+
+
+def test_voc_keypoints_source(tmp_path):
+  ann, jpg = _voc_fixture(tmp_path)
+  src = data.open_source(f"voc_keypoints:{ann},{jpg}")
+  assert src.ids == ["bottle/2008_000002_2", "cat/2008_000001_1", "cat/2008_000002_1"]
+  ex = src[1]
+  assert ex["class"] == "cat" and ex["keypoint_names"] == ("L_Eye", "Nose", "R_Eye")  # union, sorted
+  np.testing.assert_allclose(ex["box"], [5, 4, 35, 24])
+  np.testing.assert_allclose(ex["keypoints"][1], [10, 12])
+  np.testing.assert_array_equal(ex["visible"], [False, True, False])  # visible=0, present, absent
+  assert ex["image"].shape == (40, 50, 3)
+  np.testing.assert_array_equal(src[2]["visible"], [False, False, True])
+  assert kp_data.class_of(src.ids[2]) == "cat"
+  (tmp_path / "list.txt").write_text("2008_000001\n")
+  assert len(data.open_source(f"voc_keypoints:{ann},{jpg},list={tmp_path}/list.txt")) == 1
+  assert len(data.open_source(f"voc_keypoints:{ann},{jpg},classes=bottle")) == 1
+
+
+@pytest.mark.parametrize("text,message", [
+    ("<annotation><category>cat</category></annotation>", "lacks the <image> field"),
+    ("<annotation><image>x</image><category>cat</category><keypoints/></annotation>", "<visible_bounds>"),
+    ('<annotation><image>x</image><category>cat</category><visible_bounds xmin="1" ymin="1" width="2"/>'
+     "<keypoints/></annotation>", "lacks the attribute 'height'"),
+    ('<annotation><image>x</image><category>cat</category><visible_bounds xmin="1" ymin="1" width="2" '
+     'height="2"/><keypoints><keypoint name="a" visible="1" x="q" y="1"/></keypoints></annotation>',
+     "is not a number"),
+    ("<annotation><image>", "not valid XML"),
+])
+def test_voc_keypoints_bad_xml_names_the_file(tmp_path, text, message):
+  ann, jpg = _voc_fixture(tmp_path)
+  (ann / "cat" / "2009_bad_1.xml").write_text(text)
+  with pytest.raises(ValueError, match=message) as e:
+    data.open_source(f"voc_keypoints:{ann},{jpg}")
+  assert "2009_bad_1.xml" in str(e.value)
+
+
+def _coco(tmp_path, annotations):
+  doc = {"images": [{"id": 7, "file_name": "a.jpg", "width": 50, "height": 40}],
+         "categories": [{"id": 1, "name": "person", "keypoints": ["nose", "eye", "ear"]}],
+         "annotations": annotations}
+  (tmp_path / "img").mkdir(exist_ok=True)
+  Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(tmp_path / "img" / "a.jpg")
+  path = tmp_path / "kp.json"
+  path.write_text(json.dumps(doc))
+  return f"{path},{tmp_path / 'img'}"
+
+
+def test_coco_keypoints_source(tmp_path):
+  anns = [{"id": 1, "image_id": 7, "category_id": 1, "bbox": [2, 3, 10, 20], "iscrowd": 0,
+           "keypoints": [4, 5, 2, 6, 7, 1, 0, 0, 0]},
+          {"id": 2, "image_id": 7, "category_id": 1, "bbox": [0, 0, 5, 5], "iscrowd": 1,
+           "keypoints": [1, 1, 2, 0, 0, 0, 0, 0, 0]},
+          {"id": 3, "image_id": 7, "category_id": 1, "bbox": [0, 0, 5, 5], "iscrowd": 0,
+           "keypoints": [0, 0, 0, 0, 0, 0, 0, 0, 0]}]
+  spec = _coco(tmp_path, anns)
+  src = data.open_source(f"coco_keypoints:{spec}")
+  assert src.ids == ["person/7_1"]  # crowd and unlabelled objects skipped
+  ex = src[0]
+  np.testing.assert_allclose(ex["box"], [2, 3, 12, 23])
+  np.testing.assert_allclose(ex["keypoints"], [[4, 5], [6, 7], [0, 0]])
+  np.testing.assert_array_equal(ex["visible"], [True, True, False])
+  assert ex["keypoint_names"] == ("nose", "eye", "ear") and ex["image"].shape == (40, 50, 3)
+  np.testing.assert_array_equal(data.open_source(f"coco_keypoints:{spec},min_v=2")[0]["visible"],
+                                [True, False, False])
+
+
+def test_coco_keypoints_bad_files(tmp_path):
+  good = {"id": 1, "image_id": 7, "category_id": 1, "bbox": [2, 3, 10, 20], "keypoints": [4, 5, 2] * 3}
+  with pytest.raises(ValueError, match=r"kp.json: annotation 1 has 6 keypoint values"):
+    data.open_source("coco_keypoints:" + _coco(tmp_path, [{**good, "keypoints": [1, 2, 2, 3, 4, 2]}]))
+  with pytest.raises(ValueError, match=r"kp.json: annotation 1 lacks the field 'bbox'"):
+    data.open_source("coco_keypoints:" + _coco(tmp_path, [{k: v for k, v in good.items() if k != "bbox"}]))
+  with pytest.raises(ValueError, match=r"kp.json: annotation 1 has unknown image_id 8"):
+    data.open_source("coco_keypoints:" + _coco(tmp_path, [{**good, "image_id": 8}]))
+  (tmp_path / "kp.json").write_text("{")
+  with pytest.raises(ValueError, match="kp.json are not valid JSON"):
+    data.open_source(f"coco_keypoints:{tmp_path / 'kp.json'},{tmp_path}")
+
+
+def test_synthetic_keypoints_canonical_order():
+  src = data.open_source("synthetic_keypoints:n=20,seed=0")
+  assert len(src) > 20
+  for i in range(len(src)):
+    ex = src[i]
+    assert ex["id"].split("/")[0] == ex["class"]
+    if ex["class"] in ("square", "cross"):
+      centre = (ex["box"][:2] + ex["box"][2:]) / 2
+      d = ex["keypoints"] - centre
+      up = np.arctan2(d[:, 1], d[:, 0])
+      gap = np.abs(np.mod(up + np.pi / 2 + np.pi, 2 * np.pi) - np.pi)  # angular distance from 'up'
+      assert gap[0] <= gap.min() + 1e-4  # keypoint 0 is the one nearest straight up
+  assert src.spec != data.open_source("synthetic_keypoints:n=20,seed=1").spec
+
+
+def test_crop_coordinates_roundtrip_and_groups():
+  boxes = np.array([[10.0, 20.0, 30.0, 60.0]])
+  pts = np.array([[[10.0, 20.0], [30.0, 60.0], [20.0, 40.0]]])
+  rel = kp_task.to_crop(pts, boxes)
+  np.testing.assert_allclose(rel[0], [[0, 0], [1, 1], [0.5, 0.5]])
+  np.testing.assert_allclose(kp_task.from_crop(rel, boxes), pts)
+  np.testing.assert_allclose(kp_task.crop_box(boxes[0], 0.1), [8, 16, 32, 64])
+  vis = np.array([[1, 1, 0], [1, 1, 1], [0, 0, 1]], bool)
+  groups = kp_task.visibility_groups(vis)
+  assert sorted(g.tolist() for g in groups) == [[0, 1], [2]]
+
+
+def test_fit_class_is_exact_ridge_on_visible_rows():
+  """The row-space reduction gives the same model as ridge on the raw features."""
+  import ml_collections
+  rng = np.random.default_rng(0)
+  n, d, k = 40, 100, 3
+  x = rng.normal(size=(n, d)).astype(np.float32)
+  train = {"x": x, "keypoints": rng.uniform(0, 10, (n, k, 2)).astype(np.float32),
+           "visible": rng.random((n, k)) < 0.8, "crops": np.tile([0.0, 0.0, 10.0, 10.0], (n, 1)).astype(np.float32)}
+  train["visible"][:, 0] = True
+  train["visible"][:3, 2] = False
+  train["visible"][:, 1] = False
+  train["visible"][:5, 1] = True  # too few rows: falls back to the mean position
+  config = ml_collections.ConfigDict({"ridge": {"alphas": (0.01, 0.1, 1.0, 10.0), "num_folds": 4,
+                                                "per_target": True, "dtype": "float32"}})
+  models = kp_task.fit_class(config, train)
+  xt = rng.normal(size=(7, d)).astype(np.float32)
+  pred = kp_task.predict_class(models, xt, k)
+  rel = kp_task.to_crop(train["keypoints"], train["crops"])
+  for j in (0, 2):
+    rows = train["visible"][:, j]
+    ref = ridge.fit(x[rows], rel[rows, j], alphas=config.ridge.alphas, num_folds=4)
+    np.testing.assert_allclose(pred[:, j], np.asarray(ridge.predict(ref, xt)), atol=2e-4)
+  np.testing.assert_allclose(pred[:, 1], np.broadcast_to(rel[:5, 1].mean(0), (7, 2)), rtol=1e-5)
+
+
+def test_tiny_run_and_restore(tmp_path):
+  from configs import keypoints as cfg
+  from persistent import experiment
+  c = cfg.get_config()
+  c.backbone.weights = "random"
+  c.data.train, c.data.test = "synthetic_keypoints:n=40,seed=0,size=32", "synthetic_keypoints:n=10,seed=1,size=32"
+  c.features.cache_dir = str(tmp_path / "cache")  # the restore run reads cached features
+  c.batch_size = 16
+  m = experiment.run(c, str(tmp_path / "a"))
+  assert 0 <= m["pck@0.1"] <= 1 and set(m["pck@0.1_per_class"]) <= {"disk", "square", "triangle", "cross"}
+  assert len(m["pck_curve"]["alpha"]) == 101 and m["pck_curve"]["mean"][-1] >= m["pck@0.1"]
+  assert os.path.exists(tmp_path / "a" / "pck_curves.png")
+  c.restore = str(tmp_path / "a" / "checkpoint")
+  m2 = experiment.run(c, str(tmp_path / "b"))
+  assert m2["pck@0.1"] == pytest.approx(m["pck@0.1"])
