@@ -46,6 +46,7 @@ def _flat_tap(backbone: Backbone, layer: str, normalize: bool):
 
 def cache_key(backbone: Backbone, layer: str, source: data_lib.Source, normalize: bool) -> str:
   desc = {"version": CACHE_VERSION, "backbone": backbone.name, "weights": backbone.weights_id,
+          "dtype": str(getattr(backbone.module, "dtype", "float32")),
           "layer": layer, "input_size": list(backbone.input_size), "resize": "pil-bilinear",
           "normalize": normalize, "data": source.spec, "n": len(source),
           "ids": hashlib.sha1("\n".join(source.ids).encode()).hexdigest()}
@@ -85,11 +86,14 @@ class _Progress:
 def iterate(backbone: Backbone, layer: str, source: data_lib.Source, *, batch_size: int = 64,
             cache_dir: str | None = None, normalize: bool = True, progress: bool = True,
             workers: int | None = None, indices: Sequence[int] | None = None,
+            sharding: jax.sharding.Sharding | None = None,
             ) -> Iterator[tuple[list[data_lib.Example], np.ndarray]]:
   """Yields (examples, features (B, D) float32) in source order.
 
   With `cache_dir`, features come from the cache when present and are written to it (atomically,
   at the end of a full pass) when not. `indices` restricts the pass to some examples (no cache).
+  `sharding` (e.g. a batch split over local devices; batch_size must suit it) places each image
+  batch before the jitted forward pass, so that extraction runs data-parallel.
   """
   path = None
   if cache_dir and indices is None:
@@ -113,7 +117,7 @@ def iterate(backbone: Backbone, layer: str, source: data_lib.Source, *, batch_si
         batch = prepare(examples, backbone.input_size)
         if b < batch_size:  # pad so that one compilation serves every batch
           batch = np.concatenate([batch, np.zeros((batch_size - b, *batch.shape[1:]), batch.dtype)])
-        feats = np.asarray(fn(batch))[:b]
+        feats = np.asarray(fn(batch if sharding is None else jax.device_put(batch, sharding)))[:b]
         if path is not None:
           if out is None:
             tmp = f"{path}.{os.getpid()}.tmp.npy"

@@ -54,7 +54,12 @@ class Backbone:
 
 
 def _apply_all(backbone: Backbone, images: jax.Array) -> dict[str, jax.Array]:
-  return backbone.module.apply({"params": backbone.params}, backbone.preprocess(images))
+  return _jitted_apply(backbone.module, backbone.preprocess)(backbone.params, images)
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_apply(module: nn.Module, preprocess: Callable) -> Callable:
+  return jax.jit(lambda params, images: module.apply({"params": params}, preprocess(images)))
 
 
 def create(name: str, weights: str | None = None, **kwargs: Any) -> Backbone:

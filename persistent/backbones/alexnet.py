@@ -32,6 +32,30 @@ _CONVS = {  # name: (features, kernel, stride, pad, groups)
 }
 
 
+class _CaffeConv(nn.Module):
+  """A Caffe convolution with params {'kernel': HWIO (in/groups), 'bias'}, as nn.Conv names them.
+
+  Full float32 precision (Caffe-exact also on GPUs whose default is TF32); groups are split into
+  separate convolutions on CPU, where XLA's grouped convolution is several times slower.
+  """
+  features: int
+  kernel: int
+  stride: int
+  pad: int
+  groups: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (self.kernel, self.kernel, x.shape[-1] // self.groups, self.features))
+    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    precision = jax.lax.Precision.HIGHEST if self.dtype == jnp.float32 else None
+    return caffe_ops.conv2d(x, kernel.astype(self.dtype), bias.astype(self.dtype),
+                            (self.stride, self.stride), (self.pad, self.pad), groups=self.groups,
+                            precision=precision)
+
+
 class AlexNet(nn.Module):
   """Returns every named blob; `order` is 'alexnet' or 'caffenet'."""
   order: str = "alexnet"
@@ -46,8 +70,7 @@ class AlexNet(nn.Module):
 
     def conv(name, h):
       feats, k, s, p, g = _CONVS[name]
-      h = nn.Conv(feats, (k, k), (s, s), padding=((p, p), (p, p)), feature_group_count=g,
-                  dtype=self.dtype, name=name)(h)
+      h = _CaffeConv(feats, k, s, p, g, dtype=self.dtype, name=name)(h)
       out[name] = h = nn.relu(h)
       return h
 
@@ -68,9 +91,11 @@ class AlexNet(nn.Module):
     h = conv("conv5", h)
     out["pool5"] = h = pool(h)
     h = jnp.transpose(h, (0, 3, 1, 2)).reshape(h.shape[0], -1)
-    out["fc6"] = h = nn.relu(nn.Dense(4096, dtype=self.dtype, name="fc6")(h))
-    out["fc7"] = h = nn.relu(nn.Dense(4096, dtype=self.dtype, name="fc7")(h))
-    out["fc8"] = out["logits"] = h = nn.Dense(self.num_classes, dtype=self.dtype, name="fc8")(h)
+    precision = jax.lax.Precision.HIGHEST if self.dtype == jnp.float32 else None
+    dense = lambda n, name: nn.Dense(n, dtype=self.dtype, precision=precision, name=name)
+    out["fc6"] = h = nn.relu(dense(4096, "fc6")(h))
+    out["fc7"] = h = nn.relu(dense(4096, "fc7")(h))
+    out["fc8"] = out["logits"] = h = dense(self.num_classes, "fc8")(h)
     out["prob"] = jax.nn.softmax(h.astype(jnp.float32), axis=-1)
     return out
 
