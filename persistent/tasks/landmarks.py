@@ -28,6 +28,7 @@ import os
 import time
 from typing import Any
 
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -100,6 +101,17 @@ def crop_features(config, backbone, source: data.Source, rgb_size: int = 0):
   return np.concatenate(feats), (np.stack(rgb).astype(np.float32) / 255.0 if rgb_size else None)
 
 
+def lookback_features(config, backbone, faces: data.Source, boxes: dict[str, np.ndarray],
+                      size: tuple[int, int], stage: int) -> dict[str, np.ndarray]:
+  """Features of every group's look-back crops, extracted in one pass (one crop source)."""
+  names = list(boxes)
+  n = len(boxes[names[0]])
+  src = crop_source(faces, np.tile(np.arange(n), len(names)), np.concatenate([boxes[k] for k in names]),
+                    size, f"lookback{stage}")
+  X, _ = crop_features(config, backbone, src)
+  return {k: X[i * n:(i + 1) * n] for i, k in enumerate(names)}
+
+
 # ----------------------------------------------------------------------------------------------
 # Fitting
 
@@ -109,11 +121,30 @@ def face_folds(n: int, num_folds: int, seed: int) -> np.ndarray:
   return ridge.kfold_ids(n, num_folds)[np.argsort(np.random.default_rng([seed, 11]).permutation(n))]
 
 
+def row_space(X: np.ndarray, rtol: float = 1e-6) -> np.ndarray:
+  """An orthonormal basis (d, r) of the span of the rows of X (n, d), from the n x n Gram."""
+  g = np.asarray(X, np.float64) @ np.asarray(X, np.float64).T
+  e, u = np.linalg.eigh(g)
+  keep = e > rtol * max(e.max(), 1e-30)
+  return ((X.T.astype(np.float64) @ u[:, keep]) / np.sqrt(e[keep])).astype(np.float32)
+
+
 def fit_ridge(config, X: np.ndarray, Y: np.ndarray, folds: np.ndarray, alphas) -> ridge.RidgeFit:
-  """Ridge with lambda by CV over the given (face-grouped) folds, renumbered to 0..F-1."""
+  """Ridge with lambda by CV over the given (face-grouped) folds, renumbered to 0..F-1.
+
+  With fewer samples than features the fit runs on the coordinates X V of the samples in their
+  row space V: ridge solutions (and every CV fold's, whose rows span a subspace of it) lie in
+  that space and the penalty is rotation invariant, so the result, mapped back as weights V W,
+  is the same model at a fraction of the cost (an r x r instead of a d x d problem).
+  """
   uniq, folds = np.unique(folds, return_inverse=True)
-  return ridge.fit(X, Y, alphas=alphas, num_folds=len(uniq), per_target=config.ridge.per_target,
-                   fold_ids=folds, dtype=config.ridge.dtype)
+  kw = dict(alphas=alphas, num_folds=len(uniq), per_target=config.ridge.per_target, fold_ids=folds,
+            dtype=config.ridge.dtype)
+  if X.shape[0] >= X.shape[1]:
+    return ridge.fit(X, Y, **kw)
+  v = row_space(X)
+  fit = ridge.fit(X @ v, Y, **kw)
+  return fit.replace(weights=jnp.asarray(v) @ fit.weights)
 
 
 def cross_fit(config, X, Y, sample_folds, target_rows, alphas) -> np.ndarray:
@@ -168,21 +199,21 @@ def train(config, backbone, faces: data.Source, truth: np.ndarray,
   side = base[:, 2] - base[:, 0]
   meta["train_oof_nme"] = [lm.nme(pred, truth)]
   for stage in range(1, cfg.lookback_stages + 1):
-    margins, new_pred = {}, pred.copy()
+    margins = {name: float(np.quantile(np.abs(pred[:, idx] - truth[:, idx]).max(axis=(1, 2)) / side,
+                                       cfg.lookback_quantile)) for name, idx in groups.items()}
+    gboxes = {name: geo.group_boxes(pred[:, idx], (margins[name] + cfg.lookback_min_pad) * side)
+              for name, idx in groups.items()}
+    t0 = time.time()
+    feats = lookback_features(config, backbone, faces, gboxes, size, stage)
+    logging.info("look-back stage %d: %d crops in %.0fs; margins %s", stage, n * len(groups),
+                 time.time() - t0, {k: round(v, 3) for k, v in margins.items()})
+    new_pred = pred.copy()
     for name, idx in groups.items():
-      err = np.abs(pred[:, idx] - truth[:, idx]).max(axis=(1, 2)) / side
-      margins[name] = float(np.quantile(err, cfg.lookback_quantile))
-      gboxes = geo.group_boxes(pred[:, idx], margins[name] * side + cfg.lookback_min_pad * side)
-      t0 = time.time()
-      Xg, _ = crop_features(config, backbone,
-                            crop_source(faces, np.arange(n), gboxes, size, f"lookback{stage}:{name}"))
-      Yg = geo.to_crop(truth[:, idx], gboxes).reshape(n, -1).astype(np.float32)
-      fits[f"stage{stage}:{name}"] = fit_ridge(config, Xg, Yg, folds, config.ridge.alphas)
+      Yg = geo.to_crop(truth[:, idx], gboxes[name]).reshape(n, -1).astype(np.float32)
+      fits[f"stage{stage}:{name}"] = fit_ridge(config, feats[name], Yg, folds, config.ridge.alphas)
       if stage < cfg.lookback_stages:
-        oof = cross_fit(config, Xg, Yg, folds, np.arange(n), config.ridge.alphas)
-        new_pred[:, idx] = geo.from_crop(oof.reshape(n, len(idx), 2), gboxes)
-      logging.info("look-back stage %d group %s: margin %.3f, %d crops in %.0fs", stage, name,
-                   margins[name], n, time.time() - t0)
+        oof = cross_fit(config, feats[name], Yg, folds, np.arange(n), config.ridge.alphas)
+        new_pred[:, idx] = geo.from_crop(oof.reshape(n, len(idx), 2), gboxes[name])
     meta["margins"].append(margins)
     pred = new_pred
     if stage < cfg.lookback_stages:
@@ -209,16 +240,15 @@ def predict(config, backbone, model: dict[str, Any], faces: data.Source, truth: 
          "convnet_ridge": shape(ridge.predict(fits["convnet"], X))}
   stages, boxes = [out["convnet_ridge"]], []
   for stage, margins in enumerate(meta["margins"], start=1):
-    pred, stage_boxes = stages[-1].copy(), {}
+    gboxes = {name: geo.group_boxes(stages[-1][:, idx], pad(margins[name]))
+              for name, idx in meta["groups"].items()}
+    feats = lookback_features(config, backbone, faces, gboxes, size, stage)
+    pred = stages[-1].copy()
     for name, idx in meta["groups"].items():
-      gboxes = geo.group_boxes(stages[-1][:, idx], pad(margins[name]))
-      Xg, _ = crop_features(config, backbone,
-                            crop_source(faces, np.arange(n), gboxes, size, f"lookback{stage}:{name}"))
-      y = np.asarray(ridge.predict(fits[f"stage{stage}:{name}"], Xg)).reshape(n, len(idx), 2)
-      pred[:, idx] = geo.from_crop(y, gboxes)
-      stage_boxes[name] = gboxes
+      y = np.asarray(ridge.predict(fits[f"stage{stage}:{name}"], feats[name])).reshape(n, len(idx), 2)
+      pred[:, idx] = geo.from_crop(y, gboxes[name])
     stages.append(pred)
-    boxes.append(stage_boxes)
+    boxes.append(gboxes)
   if len(stages) > 1:
     out["lookback"] = stages[-1]
   return {"methods": out, "stages": stages, "boxes": boxes, "face_boxes": base}
@@ -235,7 +265,10 @@ def _save(workdir: str, config, model) -> None:
 
 
 def _restore(config) -> dict[str, Any]:
-  fits, meta = checkpoint.restore(config.restore)
+  path = config.restore  # a previous run's workdir, or its checkpoint folder
+  if os.path.isdir(os.path.join(path, "checkpoint")):
+    path = os.path.join(path, "checkpoint")
+  fits, meta = checkpoint.restore(path)
   want = {k: config.backbone[k] for k in ("name", "weights", "layer")}
   got = {k: meta.get("backbone", {}).get(k) for k in want}
   if got != want:
@@ -257,6 +290,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   else:
     truth_train = all_landmarks(train_src, workers)
     groups = geo.parse_groups(cfg.groups, truth_train.shape[1])
+    if cfg.lookback_stages and config.ridge.num_folds < 3:
+      raise ValueError("look-back cross-fitting needs ridge.num_folds >= 3 (each held-out fold's "
+                       f"model is itself cross-validated); got {config.ridge.num_folds}")
     if len(train_src) < 2 * config.ridge.num_folds:
       raise ValueError(f"{len(train_src)} training faces are too few for {config.ridge.num_folds}-fold ridge")
     model = train(config, backbone, train_src, truth_train, groups)
