@@ -1,0 +1,202 @@
+"""`tfds:NAME[/CONFIG][:SPLIT][,key=value...]`: a TensorFlow Datasets split as a lazy source.
+
+Examples are read with random access through `tfds.data_source` (array_record files; no
+TensorFlow needed to read), so opening costs nothing and the thread pool of `data.iterate`
+decodes images in parallel (JPEG/PNG bytes are decoded here with Pillow, as for image files).
+SPLIT defaults to 'train' and may use TFDS's own slicing ('validation[:1000]'); a trailing slice
+after the whole spec is handled by `data.open_source` as for every source:
+'tfds:imagenet2012:validation[:49000]'.
+
+Options (items after the dataset):
+  data_dir=DIR   where the prepared dataset lives (default: TFDS_DATA_DIR or ~/tensorflow_datasets)
+  download=0|1   prepare the dataset when it is missing (default 0: a clear error instead)
+  order=index|file_name  example order: the files' record order (default) or sorted by the
+                 dataset's file name feature (one pass over the records when opened; ImageNet's
+                 validation images are then in ILSVRC2012_val_00000001.JPEG ... order, as the paper's
+                 'first 49,000' split assumes).
+
+Each example has 'image' (uint8 RGB HxWx3) and 'id' ('tfds:NAME[/CONFIG]:SPLIT:INDEX'), plus per
+dataset:
+  celeb_a      'attributes' {40 CelebA attribute names: 0.0/1.0, plus 'yaw', 'roll', 'pitch'
+               estimated from the five landmarks (see attributes.pose_from_landmarks5)},
+               'landmarks_5' (5, 2) float32 pixel (x, y): left eye, right eye, nose, left and right
+               mouth corner; 'identity' int.
+  imagenet2012 'label' (0..999, the sorted-wnid index as in data/imagenet.py), 'file_name'.
+  the300w_lp   'landmarks' (68, 2) float32 pixel (x, y) (TFDS stores them divided by 450, the image
+               side; multiplied back here), 'attributes' {'pitch', 'yaw', 'roll'} in radians from
+               pose_params[:3]; the other 3DMM parameters pass through unchanged.
+  voc          'file_name', 'boxes' (n, 4) float32 pixel (x0, y0, x1, y1), 'box_labels' (n,) class
+               ids (0..19 over VOC's 20 classes, no background), 'labels' image-level class ids.
+               TFDS's voc has no segmentation masks: use the segmentation sources for those.
+  any other    every feature passes through under its own name (text as str, scalars as Python
+               numbers), and 'label' / 'file_name' / 'image/filename' are recognised.
+
+TensorFlow is imported only when a tfds source is opened and only if it is installed (TFDS can use
+it internally); it is then kept off the GPU (`tf.config.set_visible_devices([], 'GPU')`) so that
+the accelerator stays with JAX.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import io
+import logging
+import os
+import threading
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from persistent import data
+from persistent.data import attributes as attributes_lib
+
+DEFAULTS = {"data_dir": "", "download": 0, "order": "index"}
+CELEBA_LANDMARKS = ("lefteye", "righteye", "nose", "leftmouth", "rightmouth")
+
+
+@functools.cache
+def tensorflow_off_gpu() -> bool:
+  """Imports TensorFlow if installed and hides the GPUs from it; True when it was imported."""
+  if importlib.util.find_spec("tensorflow") is None:
+    return False
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  import tensorflow as tf
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError as e:  # TensorFlow already initialised its devices elsewhere
+    logging.warning("could not hide the GPUs from TensorFlow (%s); it may reserve GPU memory", e)
+  return True
+
+
+def parse(paths: list[str], spec: str) -> tuple[str, str | None, str, dict[str, Any]]:
+  """['NAME[/CONFIG][:SPLIT]', 'key=value', ...] -> (name, config, split, options)."""
+  if not paths:
+    raise ValueError("tfds needs a dataset: 'tfds:NAME[/CONFIG][:SPLIT][,data_dir=DIR]', "
+                     "e.g. 'tfds:celeb_a:train' or 'tfds:imagenet2012:validation'")
+  head, _, split = paths[0].partition(":")
+  name, _, config = head.partition("/")
+  if not name or "=" in head:
+    raise ValueError(f"bad dataset {paths[0]!r} in {spec!r}; expected NAME[/CONFIG][:SPLIT]")
+  opts = data.parse_options(paths[1:], DEFAULTS, spec)
+  if opts["order"] not in ("index", "file_name"):
+    raise ValueError(f"option order in {spec!r} must be 'index' or 'file_name', got {opts['order']!r}")
+  return name, config or None, split or "train", opts
+
+
+def decode_image(value: Any, where: str) -> np.ndarray:
+  """Encoded image bytes (or an already decoded array) -> uint8 RGB (H, W, 3)."""
+  if isinstance(value, np.ndarray) and value.dtype == np.uint8 and value.ndim == 3:
+    return value if value.shape[2] == 3 else np.repeat(value[..., :1], 3, axis=2)
+  try:
+    with Image.open(io.BytesIO(bytes(value))) as im:
+      return np.asarray(im.convert("RGB"))
+  except (OSError, ValueError, Image.DecompressionBombError) as e:
+    raise ValueError(f"cannot decode the image of {where}: {e}") from None
+
+
+def _py(value: Any) -> Any:
+  if isinstance(value, bytes):
+    return value.decode("utf-8", "replace")
+  if isinstance(value, np.ndarray) and value.ndim == 0:
+    return value.item()
+  if isinstance(value, np.generic):
+    return value.item()
+  if isinstance(value, dict):
+    return {k: _py(v) for k, v in value.items()}
+  return value
+
+
+def _celeb_a(raw: dict[str, Any], ex: data.Example) -> None:
+  lm = raw["landmarks"]
+  marks = np.array([[float(lm[f"{p}_x"]), float(lm[f"{p}_y"])] for p in CELEBA_LANDMARKS], np.float32)
+  attrs = {k: float(bool(v)) for k, v in raw["attributes"].items()}
+  attrs.update(attributes_lib.pose_from_landmarks5(marks))
+  ex.update(attributes=attrs, landmarks_5=marks)
+  if "identity" in raw:
+    ex["identity"] = int(np.asarray(raw["identity"]["Identity_No"]))
+
+
+def _the300w_lp(raw: dict[str, Any], ex: data.Example) -> None:
+  side = 450.0  # TFDS divides the landmarks by the 450-pixel image side
+  for key, value in raw.items():
+    if key != "image":
+      ex[key] = np.asarray(value)
+  ex["landmarks"] = (np.asarray(raw["landmarks_2d"], np.float32) * side).astype(np.float32)
+  pitch, yaw, roll = (float(v) for v in np.asarray(raw["pose_params"])[:3])
+  ex["attributes"] = {"pitch": pitch, "yaw": yaw, "roll": roll}
+
+
+def _voc(raw: dict[str, Any], ex: data.Example) -> None:
+  h, w = ex["image"].shape[:2]
+  objects = raw["objects"]
+  bbox = np.asarray(objects["bbox"], np.float32).reshape(-1, 4)  # (ymin, xmin, ymax, xmax) in [0, 1]
+  ex["boxes"] = np.stack([bbox[:, 1] * w, bbox[:, 0] * h, bbox[:, 3] * w, bbox[:, 2] * h], 1)
+  ex["box_labels"] = np.asarray(objects["label"], np.int64).reshape(-1)
+  ex["labels"] = np.asarray(raw["labels"], np.int64).reshape(-1)
+  ex["objects"] = {k: np.asarray(v) for k, v in objects.items()}
+
+
+_ADAPTERS = {"celeb_a": _celeb_a, "the300w_lp": _the300w_lp, "voc": _voc}
+
+
+def to_example(name: str, raw: dict[str, Any], example_id: str) -> data.Example:
+  """Maps a TFDS example (numpy, image still encoded) to this project's example dict."""
+  if "image" not in raw:
+    raise ValueError(f"TFDS dataset {name!r} has no 'image' feature (features: {', '.join(raw)}); "
+                     "tfds: sources need one")
+  ex: data.Example = {"image": decode_image(raw["image"], example_id), "id": example_id}
+  for key in ("file_name", "image/filename"):
+    if key in raw:
+      ex["file_name"] = _py(raw[key])
+  adapter = _ADAPTERS.get(name)
+  if adapter is not None:
+    adapter(raw, ex)
+  else:
+    for key, value in raw.items():
+      if key not in ("image", "id", "image/filename"):
+        ex.setdefault(key, _py(value))
+  return ex
+
+
+@data.register("tfds")
+def open_tfds(paths: list[str], **unused) -> data.Source:
+  spec = "tfds:" + ",".join(paths)
+  name, config, split, opts = parse(paths, spec)
+  tensorflow_off_gpu()
+  import tensorflow_datasets as tfds
+
+  full = f"{name}/{config}" if config else name
+  data_dir = os.path.expanduser(opts["data_dir"]) or None
+  try:
+    ds = tfds.data_source(full, split=split, data_dir=data_dir, download=bool(opts["download"]),
+                          decoders={"image": tfds.decode.SkipDecoding()})
+  except Exception as e:  # DatasetNotFoundError, unknown names or splits, tfrecord-only datasets
+    raise ValueError(
+        f"cannot open TFDS dataset {full!r} split {split!r} (data_dir {data_dir or 'default'}) for {spec!r}: "
+        f"{type(e).__name__}: {e}\n(tfds: sources read array_record files with random access; prepare the "
+        f"dataset with `tfds build {name} --file_format=array_record` (ImageNet: put the archives in the "
+        f"manual folder first), or convert a tfrecord copy with `tfds convert_format`)") from None
+  n = len(ds)
+  if n == 0:
+    raise ValueError(f"TFDS dataset {full!r} split {split!r} is empty")
+  lock = threading.Lock()
+
+  def raw(i: int) -> dict[str, Any]:
+    with lock:  # record reads serialised; image decoding (the costly part) runs in parallel
+      return ds[i]
+
+  order = list(range(n))
+  if opts["order"] == "file_name":
+    names = [(lambda r: r.get("file_name", r.get("image/filename")))(raw(i)) for i in range(n)]
+    if any(v is None for v in names):
+      raise ValueError(f"order=file_name in {spec!r}: dataset {full!r} has no file name feature")
+    order = sorted(range(n), key=lambda i: _py(names[i]))
+  ids = [f"tfds:{full}:{split}:{i}" for i in range(n)]
+
+  def load(i: int) -> data.Example:
+    return to_example(name, raw(order[i]), ids[i])
+  info = getattr(ds, "dataset_info", None)
+  version = str(getattr(info, "version", "")) if info is not None else ""
+  key = f"tfds:{full}:{split}@{version},order={opts['order']},data_dir={data_dir or ''},n={n}"
+  return data.Source(key, ids, load)
