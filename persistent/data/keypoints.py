@@ -47,8 +47,14 @@ def class_of(example_id: str) -> str:
   return cls
 
 
-def _options(items: list[str], defaults: dict[str, Any], spec: str) -> dict[str, Any]:
-  return data.parse_options(items, defaults, spec)
+def _parse(fmt: str, paths: list[str], usage: str, defaults: dict[str, Any]
+           ) -> tuple[str, str, str, dict[str, Any]]:
+  """'FMT:A,B[,key=value...]' items -> (spec, A, B, options)."""
+  spec = f"{fmt}:" + ",".join(paths)
+  files = [p for p in paths if "=" not in p]
+  if len(files) != 2:
+    raise ValueError(f"{spec}: expected '{fmt}:{usage}'")
+  return spec, files[0], files[1], data.parse_options([p for p in paths if "=" in p], defaults, spec)
 
 
 def _records_source(spec: str, records: list[dict[str, Any]], image_path: Callable[[dict], str]
@@ -111,12 +117,8 @@ def _class_filter(value: str) -> set[str] | None:
 
 @data.register("voc_keypoints")
 def open_voc_keypoints(paths: list[str], **unused) -> data.Source:
-  spec = "voc_keypoints:" + ",".join(paths)
-  folders = [p for p in paths if "=" not in p]
-  if len(folders) != 2:
-    raise ValueError(f"{spec}: expected 'voc_keypoints:ANNOTATIONS_DIR,JPEG_DIR[,list=FILE][,classes=a+b]'")
-  annot_dir, jpeg_dir = folders
-  opts = _options([p for p in paths if "=" in p], {"list": "", "classes": ""}, spec)
+  spec, annot_dir, jpeg_dir, opts = _parse("voc_keypoints", paths, "ANNOTATIONS_DIR,JPEG_DIR[,list=FILE][,classes=a+b]",
+                                           {"list": "", "classes": ""})
   if not os.path.isdir(annot_dir):
     raise FileNotFoundError(f"{spec}: annotation folder {annot_dir} not found")
   keep_images = None
@@ -168,12 +170,8 @@ def _need(obj: dict, key: str, path: str, what: str) -> Any:
 
 @data.register("coco_keypoints")
 def open_coco_keypoints(paths: list[str], **unused) -> data.Source:
-  spec = "coco_keypoints:" + ",".join(paths)
-  files = [p for p in paths if "=" not in p]
-  if len(files) != 2:
-    raise ValueError(f"{spec}: expected 'coco_keypoints:ANNOTATIONS.json,IMAGE_DIR[,min_v=1][,classes=a+b]'")
-  path, image_dir = files
-  opts = _options([p for p in paths if "=" in p], {"min_v": 1, "classes": ""}, spec)
+  spec, path, image_dir, opts = _parse("coco_keypoints", paths, "ANNOTATIONS.json,IMAGE_DIR[,min_v=1][,classes=a+b]",
+                                       {"min_v": 1, "classes": ""})
   try:
     with open(path) as f:
       doc = json.load(f)
@@ -247,7 +245,7 @@ def synthetic_object(obj: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
 @data.register("synthetic_keypoints")
 def open_synthetic_keypoints(paths: list[str], **unused) -> data.Source:
   spec = "synthetic_keypoints:" + ",".join(paths)
-  opts = _options(paths, synthetic.DEFAULTS, spec)
+  opts = data.parse_options(paths, synthetic.DEFAULTS, spec)
   scenes = data.open_source("synthetic:" + ",".join(f"{k}={v}" for k, v in opts.items()))
   index, ids = [], []  # (scene, object) of every object with a visible keypoint
   for s in range(len(scenes)):

@@ -314,7 +314,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   scorers = {"ridge": Scorer(c, sc.ap_stride), "no_combiner": Scorer(c, 0), "prior": Scorer(c, 0)}
   if logistic is not None:
     scorers["logistic"] = Scorer(c, sc.ap_stride)
-  shown = []
+  shown, seen = [], 0
+  show = set(np.linspace(0, len(test) - 1, min(config.num_figure_examples, len(test))).astype(int).tolist())
   for examples, feats in features.iterate(backbone, config.backbone.layer, test, **probe.feature_options(config)):
     raw = np.asarray(ridge.predict(fit, feats)).reshape(len(examples), size, size, c)
     comb = np.asarray(ridge.predict(combiner, raw.reshape(-1, c))).reshape(raw.shape)
@@ -332,7 +333,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       scorers["no_combiner"].add(None, label, raw_up.argmax(-1))
       scorers["prior"].add(None, label, nearest_cells(prior_cells, label.shape))
       pred_logistic = scorers["logistic"].add(probs[i], label) if logistic is not None else None
-      if len(shown) < config.num_figure_examples:
+      seen += 1
+      if seen - 1 in show:
         shown.append({"image": ex["image"], "label": label, "raw": raw_up, "pred": pred,
                       "prior": nearest_cells(prior_cells, label.shape), "logistic": pred_logistic})
 
