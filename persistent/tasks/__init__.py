@@ -16,3 +16,4 @@ from persistent.tasks import rgb  # noqa: E402,F401
 from persistent.tasks import keypoints  # noqa: E402,F401
 from persistent.tasks import segmentation  # noqa: E402,F401
 from persistent.tasks import landmarks  # noqa: E402,F401
+from persistent.tasks import directions  # noqa: E402,F401
