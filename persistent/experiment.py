@@ -10,7 +10,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from persistent import tasks
+from persistent import distributed, tasks
 
 
 def _write_json_atomic(path: str, obj: Any) -> None:
@@ -34,6 +34,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   try:
     if config.ridge.dtype == "float64":
       jax.config.update("jax_enable_x64", True)
+    distributed.initialize(config)  # several hosts: before anything touches a device
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
     logging.info("task %s on %s, workdir %s", config.task, jax.devices()[0].platform, workdir)

@@ -84,6 +84,25 @@ def init(d: int, k: int, num_folds: int = 4, dtype: Any = jnp.float32) -> RidgeS
                     yy=z((num_folds, k)))
 
 
+def _accumulate(stats: RidgeStats, fold: Any, x: jax.Array, y: jax.Array, mask: jax.Array) -> RidgeStats:
+  """Adds the masked rows of a batch to one fold, shifted by the statistics' current shift.
+
+  Works on any target slice (y's columns matching stats' k-sized leaves); distributed.py calls it
+  per device on the device's rows and target columns.
+  """
+  dtype = stats.xx.dtype
+  x, y, mask = x.astype(dtype), y.astype(dtype), mask.astype(dtype)
+  xs = (x - stats.shift_x) * mask[:, None]
+  ys = (y - stats.shift_y) * mask[:, None]
+  return stats.replace(
+      count=stats.count.at[fold].add(jnp.sum(mask)),
+      sum_x=stats.sum_x.at[fold].add(xs.sum(0)),
+      sum_y=stats.sum_y.at[fold].add(ys.sum(0)),
+      xx=stats.xx.at[fold].add(jnp.matmul(xs.T, xs, precision=HIGHEST)),
+      xy=stats.xy.at[fold].add(jnp.matmul(xs.T, ys, precision=HIGHEST)),
+      yy=stats.yy.at[fold].add(jnp.sum(ys * ys, 0)))
+
+
 @functools.partial(jax.jit, donate_argnums=0)
 def _update_fold(stats: RidgeStats, fold: jax.Array, x: jax.Array, y: jax.Array,
                  mask: jax.Array) -> RidgeStats:
@@ -93,16 +112,7 @@ def _update_fold(stats: RidgeStats, fold: jax.Array, x: jax.Array, y: jax.Array,
   m = jnp.sum(mask)
   shift_x = jnp.where(first, mask @ x / m, stats.shift_x)
   shift_y = jnp.where(first, mask @ y / m, stats.shift_y)
-  xs = (x - shift_x) * mask[:, None]
-  ys = (y - shift_y) * mask[:, None]
-  return stats.replace(
-      shift_x=shift_x, shift_y=shift_y,
-      count=stats.count.at[fold].add(m),
-      sum_x=stats.sum_x.at[fold].add(xs.sum(0)),
-      sum_y=stats.sum_y.at[fold].add(ys.sum(0)),
-      xx=stats.xx.at[fold].add(jnp.matmul(xs.T, xs, precision=HIGHEST)),
-      xy=stats.xy.at[fold].add(jnp.matmul(xs.T, ys, precision=HIGHEST)),
-      yy=stats.yy.at[fold].add(jnp.sum(ys * ys, 0)))
+  return _accumulate(stats.replace(shift_x=shift_x, shift_y=shift_y), fold, x, y, mask)
 
 
 def update(stats: RidgeStats, x: Any, y: Any, fold_ids: Any) -> RidgeStats:

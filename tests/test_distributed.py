@@ -1,0 +1,219 @@
+"""Sharded ridge statistics and solves: 1, 2, 4, 8 devices (and 'model' splits) match one device.
+
+The multi-device tests need several JAX devices, which a CPU process gets only from
+XLA_FLAGS=--xla_force_host_platform_device_count=8 set before JAX starts; `test_on_eight_cpu_devices`
+reruns this file in such a subprocess (the inner tests skip in an ordinary run).
+"""
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from persistent import config_lib, data, distributed, ridge
+from test_ridge import ALPHAS, brute_force, problem, separated
+
+INNER = os.environ.get("PERSISTENT_MULTIDEVICE") == "1"
+multidevice = pytest.mark.skipif(not INNER, reason="runs inside test_on_eight_cpu_devices")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Meshes compared with one device: pure data parallel, and targets split over 'model'.
+MESHES = [dict(devices=1), dict(devices=2), dict(devices=4), dict(devices=8), dict(devices=8, model=2)]
+
+
+# ----------------------------------------------------------------------------- one process
+
+
+def test_on_eight_cpu_devices():
+  env = dict(os.environ, PERSISTENT_MULTIDEVICE="1", JAX_PLATFORMS="cpu",
+             XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip())
+  proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                         os.path.join("tests", "test_distributed.py"), "-k", "multidevice"],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+  assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+  assert " passed" in proc.stdout and "skipped" not in proc.stdout.splitlines()[-1], proc.stdout[-2000:]
+
+
+def test_make_mesh():
+  mesh = distributed.make_mesh(None)
+  assert mesh.axis_names == ("data", "model") and mesh.size == len(jax.devices())
+  assert distributed.make_mesh(dict(devices=1, model=1)).devices.shape == (1, 1)
+  with pytest.raises(ValueError, match="available"):
+    distributed.make_mesh(dict(devices=len(jax.devices()) + 1))
+  with pytest.raises(ValueError, match="divide"):
+    distributed.make_mesh(dict(devices=1, model=2))
+  with pytest.raises(ValueError, match="unknown mesh keys"):
+    distributed.make_mesh(dict(device=1))
+
+
+def test_config_defaults_and_single_process_initialize():
+  c = config_lib.base("rgb")
+  assert c.mesh.to_dict() == dict(devices=-1, model=1)
+  assert distributed.initialize(c) is False  # no coordinator: one process, nothing started
+  assert distributed.mesh_from_config(c).size == len(jax.devices())
+  c.distributed.coordinator_address, c.distributed.num_processes, c.distributed.process_id = "h:1", 2, 2
+  with pytest.raises(ValueError, match="process_id"):
+    distributed.initialize(c)
+
+
+def test_shard_source_is_a_contiguous_partition():
+  src = data.open_source("synthetic:n=11,size=16")
+  parts = [distributed.shard_source(src, i, 4) for i in range(4)]
+  assert [len(s) for s, _ in parts] == [3, 3, 3, 2] == [len(i) for _, i in parts]
+  np.testing.assert_array_equal(np.concatenate([i for _, i in parts]), np.arange(11))
+  assert parts[1][0].ids == src.ids[3:6]
+  np.testing.assert_array_equal(parts[3][0][1]["image"], src[10]["image"])
+  assert distributed.share_size(11, 4) == 3
+  assert distributed.shard_source(src, 0, 1)[0] is src
+  with pytest.raises(ValueError):
+    distributed.shard_source(src, 4, 4)
+
+
+# ----------------------------------------------------------------------------- several devices
+
+
+def assert_same_fit(fit, ref, rtol):
+  assert fit.weights.shape == ref.weights.shape and fit.cv_mse.shape == ref.cv_mse.shape
+  for name in ("weights", "bias", "cv_mse"):
+    a, b = np.asarray(getattr(fit, name)), np.asarray(getattr(ref, name))
+    np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * np.abs(b).max(), err_msg=name)
+  ok = separated(np.asarray(ref.cv_mse, np.float64), margin=1e-4)
+  assert ok.mean() > 0.5
+  np.testing.assert_array_equal(np.asarray(fit.alpha)[ok], np.asarray(ref.alpha)[ok])
+  np.testing.assert_array_equal(np.asarray(fit.alphas), np.asarray(ref.alphas))
+
+
+@multidevice
+def test_multidevice_float32_matches_one_device():
+  assert len(jax.devices()) == 8
+  # n = 103 is not a multiple of the batch size 16 (nor of 8); k = 7 is not a multiple of any mesh.
+  X, Y = problem(0, 103, 12, 7)
+  ref = ridge.fit(X, Y, alphas=ALPHAS, batch_size=16)
+  for spec in MESHES:
+    fit = distributed.fit(X, Y, distributed.make_mesh(spec), alphas=ALPHAS, batch_size=16, target_block=2)
+    assert_same_fit(fit, ref, rtol=1e-5)
+  shared = distributed.fit(X, Y, distributed.make_mesh(dict(devices=8)), alphas=ALPHAS, per_target=False)
+  assert_same_fit(shared, ridge.fit(X, Y, alphas=ALPHAS, per_target=False), rtol=1e-5)
+
+
+@multidevice
+def test_multidevice_float64_is_exact():
+  X, Y = problem(1, 50, 70, 5)  # n < d: the rank-truncated basis
+  w, b, chosen, cv = brute_force(X, Y, ALPHAS, ridge.kfold_ids(50, 4))
+  with jax.enable_x64(True):
+    for spec in (dict(devices=8), dict(devices=4, model=2)):
+      fit = distributed.fit(X.astype(np.float64), Y.astype(np.float64), distributed.make_mesh(spec),
+                            alphas=ALPHAS, dtype=np.float64, batch_size=7)
+      np.testing.assert_allclose(np.asarray(fit.cv_mse), cv, rtol=1e-9, atol=1e-11 * cv.max())
+      np.testing.assert_array_equal(np.asarray(fit.alpha), ALPHAS[chosen])
+      np.testing.assert_allclose(np.asarray(fit.weights), w, rtol=1e-8, atol=1e-10 * np.abs(w).max())
+      np.testing.assert_allclose(np.asarray(fit.bias), b, rtol=1e-9)
+
+
+@multidevice
+def test_multidevice_target_parallel_solve_of_one_device_stats():
+  """Statistics from ridge.update, solved with targets over 8 devices in blocks: many padded columns."""
+  X, Y = problem(2, 64, 10, 37)
+  Y[:, 3] = 1.5  # a constant target among them
+  stats = ridge.init(10, 37, 4)
+  for s in range(0, 64, 20):
+    stats = ridge.update(stats, X[s:s + 20], Y[s:s + 20], ridge.kfold_ids(64, 4)[s:s + 20])
+  ref = ridge.solve(stats, alphas=ALPHAS)
+  fit = distributed.solve(stats, distributed.make_mesh(dict(devices=8, model=4)), alphas=ALPHAS, target_block=3)
+  assert_same_fit(fit, ref, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(fit.weights[:, 3]), 0, atol=1e-6)
+
+
+@multidevice
+def test_multidevice_accumulator_checks_inputs():
+  acc = distributed.Accumulator(distributed.make_mesh(dict(devices=4)), 3, 2, 4)
+  with pytest.raises(ValueError, match="shapes"):
+    acc.update(np.ones((4, 3)), np.ones((4, 3)), np.zeros(4, int))
+  with pytest.raises(ValueError, match="fold ids"):
+    acc.update(np.ones((4, 3)), np.ones((4, 2)), np.full(4, 4))
+  with pytest.raises(ValueError, match="NaN"):
+    acc.update(np.full((4, 3), np.nan), np.ones((4, 2)), np.zeros(4, int))
+  acc.update(np.zeros((0, 3)), np.zeros((0, 2)), np.zeros(0, int))  # empty first batch: ignored
+  acc.update(np.ones((4, 3)), np.ones((4, 2)), np.zeros(4, int))
+  with pytest.raises(ValueError, match="samples per fold"):
+    acc.solve(alphas=ALPHAS)
+
+
+@multidevice
+def test_multidevice_rgb_task_metrics_match(tmp_path, monkeypatch):
+  """The RGB task end to end (sharded extraction, accumulation, solve) on 1 vs 4 devices."""
+  from configs import rgb as rgb_config
+  from persistent import experiment, probe
+  from test_features import tiny_backbone
+  monkeypatch.setattr(probe, "backbone_from_config", lambda config: tiny_backbone())
+  metrics = {}
+  for devices, model in ((1, 1), (4, 2)):
+    c = rgb_config.get_config()
+    c.data.train, c.data.test = "synthetic:n=40,size=32", "synthetic:n=8,size=32,seed=1"
+    c.backbone.layer, c.rgb.size, c.batch_size, c.features.cache_dir = "map", 6, 16, ""
+    c.num_figure_examples = 2
+    c.mesh.devices, c.mesh.model = devices, model
+    metrics[devices] = experiment.run(c, str(tmp_path / f"d{devices}"))
+  assert metrics[4]["n_train"] == 40 and metrics[4]["num_targets"] == 108
+  for key, value in metrics[1].items():
+    if key != "seconds":
+      np.testing.assert_allclose(metrics[4][key], value, rtol=1e-4, err_msg=key)
+
+
+# ----------------------------------------------------------------------------- several processes
+
+
+def _free_port() -> int:
+  import socket
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one():
+  """Two JAX processes (2 CPU devices each, a 2x2 mesh) run probe.fit on their halves of a source."""
+  port = _free_port()
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]),
+             XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip())
+  procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), str(i), str(port)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  outs = []
+  for p in procs:
+    try:
+      outs.append(p.communicate(timeout=900)[0])
+    except subprocess.TimeoutExpired:
+      for q in procs:
+        q.kill()
+      raise
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-5000:]
+    assert "MATCH" in out, out[-2000:]
+
+
+def _two_process_worker(process_id: int, port: int) -> None:
+  from persistent import features, probe
+  from persistent.tasks import rgb
+  from test_features import tiny_backbone
+  c = config_lib.base("rgb")
+  c.distributed.coordinator_address, c.distributed.num_processes = f"localhost:{port}", 2
+  c.distributed.process_id = process_id
+  c.mesh.model = 2
+  c.backbone.layer, c.batch_size, c.features.cache_dir = "map", 8, ""
+  c.ridge.dtype = "float64"  # 256 features for 41 images: float32 rounding would dominate the check
+  jax.config.update("jax_enable_x64", True)
+  assert distributed.initialize(c) and jax.process_count() == 2 and len(jax.devices()) == 4
+  src = data.open_source("synthetic:n=41,size=16")  # shares of 21 and 20 rows: 3 steps each
+  net = tiny_backbone()
+  targets = lambda exs: rgb.targets(exs, 3)
+  fit = probe.fit(c, net, src, targets)
+  X = features.extract(net, "map", src, batch_size=8, progress=False)
+  Y = targets(list(src))
+  ref = ridge.fit(X.astype(np.float64), Y.astype(np.float64), alphas=c.ridge.alphas, batch_size=8,
+                  dtype=np.float64)
+  assert_same_fit(fit, ref, rtol=1e-6)  # n < d, correlated ReLU features: condition ~1e9
+  print("MATCH", process_id, flush=True)
+
+
+if __name__ == "__main__":
+  _two_process_worker(int(sys.argv[1]), int(sys.argv[2]))
