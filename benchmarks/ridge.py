@@ -1,7 +1,7 @@
 """Ridge-CV engine vs himalaya and scikit-learn on the same data, folds and lambda grid.
 
-  python benchmarks/ridge.py                                  # CPU scale: n=4000 d=768 k=1500
-  python benchmarks/ridge.py --n=49000 --d=4096 --k=6348      # the paper's RGB scale (GPU)
+  python -m benchmarks.ridge                                  # CPU scale: n=4000 d=768 k=1500
+  python -m benchmarks.ridge --n=49000 --d=4096 --k=6348      # the paper's RGB scale (GPU)
 
 Prints one JSON object: seconds per solver (best of --repeat, after a warm-up run that includes
 JAX compilation), ratios, lambda agreement, and this engine's float32 accuracy against its own

@@ -139,11 +139,12 @@ def update(stats: RidgeStats, x: Any, y: Any, fold_ids: Any) -> RidgeStats:
     sel = fold_ids == fold
     if sel.all():
       xs, ys, mask = x, y, np.ones(b, np.float32)
-    else:  # gather the fold's rows, padded to the batch size so that one compilation serves all
+    else:  # the fold's rows, padded to a power of two: few compilations, little wasted work
       idx = np.flatnonzero(sel)
-      pad = np.concatenate([idx, np.full(b - idx.size, idx[0])])
+      size = min(b, 1 << int(np.ceil(np.log2(idx.size))))
+      pad = np.concatenate([idx, np.full(size - idx.size, idx[0])])
       xs, ys = x[pad], y[pad]
-      mask = (np.arange(b) < idx.size).astype(np.float32)
+      mask = (np.arange(size) < idx.size).astype(np.float32)
     stats = _update_fold(stats, jnp.int32(fold), xs, ys, mask)
   return stats
 
@@ -289,8 +290,11 @@ def fit(X: Any, Y: Any, *, alphas: Sequence[float], num_folds: int = 4, per_targ
     if fold_ids.shape != (n,):
       raise ValueError(f"fold_ids must have shape ({n},), got {fold_ids.shape}")
   stats = init(X.shape[1], Y.shape[1], num_folds, dtype)
-  for s in range(0, n, batch_size):
-    stats = update(stats, X[s:s + batch_size], Y[s:s + batch_size], fold_ids[s:s + batch_size])
+  for fold in range(int(fold_ids.max()) + 1 if n else 0):  # fold by fold: no batch straddles two
+    rows = np.flatnonzero(fold_ids == fold)
+    for s in range(0, rows.size, batch_size):
+      r = rows[s:s + batch_size]
+      stats = update(stats, X[r], Y[r], fold_ids[r])
   return solve(stats, alphas=alphas, per_target=per_target, target_block=target_block)
 
 
