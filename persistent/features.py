@@ -8,6 +8,7 @@ of the same experiment skips extraction and an interrupted one leaves nothing be
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -33,6 +34,7 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
   return x / jnp.maximum(norm, eps)
 
 
+@functools.lru_cache(maxsize=16)  # one compilation per (backbone, layer) for every pass
 def _flat_tap(backbone: Backbone, layer: str, normalize: bool):
   tap = backbone.tap(layer)
 

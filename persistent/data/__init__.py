@@ -132,4 +132,5 @@ def stack_images(examples: list[Example], key: str = "image") -> np.ndarray:
 
 
 # Importing the modules registers their formats.
-from persistent.data import imagefolder, synthetic, attributes, tfds_source  # noqa: E402,F401
+from persistent.data import (  # noqa: E402,F401
+    attributes, faces, imagefolder, keypoints, segmentation, synthetic, synthetic_faces, tfds_source)
