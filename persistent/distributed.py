@@ -199,6 +199,15 @@ def _shift_fn(mesh: Mesh):
   return jax.jit(shift, out_shardings=(NamedSharding(mesh, P()), NamedSharding(mesh, P(MODEL))))
 
 
+def _zeros(shape: tuple[int, ...], dtype: Any, sharding: NamedSharding) -> jax.Array:
+  return _zeros_fn(shape, jnp.dtype(dtype), sharding)()
+
+
+@functools.lru_cache(maxsize=None)
+def _zeros_fn(shape, dtype, sharding):
+  return jax.jit(functools.partial(jnp.zeros, shape, dtype), out_shardings=sharding)
+
+
 @functools.lru_cache(maxsize=None)
 def _reduce_fn(mesh: Mesh):
   def body(partial):
@@ -224,13 +233,13 @@ class Accumulator:
     self.padded_k = _round_up(k, mesh.size)
     self.local_rows = local_data_size(mesh)
     self._empty = True
-    shape = ridge.init(d, self.padded_k, num_folds, self.dtype)
+    shape = jax.eval_shape(functools.partial(ridge.init, d, self.padded_k, num_folds, self.dtype))
     data = mesh.shape[DATA]
     shardings = _shardings(mesh, _partial_specs(DATA))
 
-    def zeros(name, leaf, sharding):
+    def zeros(name, leaf, sharding):  # created in place on each device, never on the host
       lead = () if name.startswith("shift") else (data,)
-      return jax.jit(lambda: jnp.zeros(lead + leaf.shape, leaf.dtype), out_shardings=sharding)()
+      return _zeros(lead + leaf.shape, leaf.dtype, sharding)
     self._partial = ridge.RidgeStats(**{f: zeros(f, getattr(shape, f), getattr(shardings, f))
                                         for f in ridge.RidgeStats.__dataclass_fields__})
 
