@@ -2,6 +2,8 @@
 
   python -m benchmarks.ridge                                  # CPU scale: n=4000 d=768 k=1500
   python -m benchmarks.ridge --n=49000 --d=4096 --k=6348      # the paper's RGB scale (GPU)
+  python -m benchmarks.ridge --devices=8 [--model=2]          # sharded (persistent/distributed.py);
+      # on a CPU, prefix XLA_FLAGS=--xla_force_host_platform_device_count=8 for 8 devices
 
 Prints one JSON object: seconds per solver (best of --repeat, after a warm-up run that includes
 JAX compilation), ratios, lambda agreement, and this engine's float32 accuracy against its own
@@ -12,6 +14,7 @@ it runs with one shared lambda and is compared with this engine's shared-lambda 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import time
@@ -19,7 +22,7 @@ import time
 import jax
 import numpy as np
 
-from persistent import ridge
+from persistent import distributed, ridge
 
 
 def make_problem(n: int, d: int, k: int, seed: int = 0):
@@ -44,8 +47,11 @@ def timed(fn, repeat: int):
   return best, out
 
 
-def engine(x, y, alphas, folds, per_target=True, dtype=np.float32):
-  fit = ridge.fit(x, y, alphas=alphas, num_folds=folds, per_target=per_target, dtype=dtype)
+def engine(x, y, alphas, folds, per_target=True, dtype=np.float32, mesh=None):
+  if mesh is None:
+    fit = ridge.fit(x, y, alphas=alphas, num_folds=folds, per_target=per_target, dtype=dtype)
+  else:
+    fit = distributed.fit(x, y, mesh, alphas=alphas, num_folds=folds, per_target=per_target, dtype=dtype)
   jax.block_until_ready(fit.weights)
   return fit
 
@@ -79,19 +85,24 @@ def main():
   p.add_argument("--repeat", type=int, default=2)
   p.add_argument("--peers", default="himalaya,sklearn")
   p.add_argument("--no-float64", action="store_true", help="skip the float64 accuracy run")
+  p.add_argument("--devices", type=int, default=1, help="devices for the engine (-1: all); >1 shards it")
+  p.add_argument("--model", type=int, default=1, help="of those, devices splitting the targets' statistics")
   a = p.parse_args()
+  mesh = None if a.devices == 1 else distributed.make_mesh(dict(devices=a.devices, model=a.model))
+  engine_on_mesh = functools.partial(engine, mesh=mesh)
   alphas = np.logspace(-3, 3, a.alphas)
   x, y = make_problem(a.n, a.d, a.k)
   gpu = jax.devices()[0].platform == "gpu"
   res = {"n": a.n, "d": a.d, "k": a.k, "alphas": a.alphas, "folds": a.folds,
-         "device": str(jax.devices()[0].device_kind), "platform": platform.platform(), "seconds": {}}
+         "device": str(jax.devices()[0].device_kind),
+         "devices": 1 if mesh is None else mesh.size, "platform": platform.platform(), "seconds": {}}
 
-  t, fit = timed(lambda: engine(x, y, alphas, a.folds), a.repeat)
+  t, fit = timed(lambda: engine_on_mesh(x, y, alphas, a.folds), a.repeat)
   res["seconds"]["persistent"] = t
   chosen = np.asarray(fit.alpha)
   if not a.no_float64:
     with jax.enable_x64(True):
-      ref = engine(x.astype(np.float64), y.astype(np.float64), alphas, a.folds, dtype=np.float64)
+      ref = engine_on_mesh(x.astype(np.float64), y.astype(np.float64), alphas, a.folds, dtype=np.float64)
       cv64, alpha64, w64 = np.asarray(ref.cv_mse), np.asarray(ref.alpha), np.asarray(ref.weights)
     cv32 = np.asarray(fit.cv_mse, np.float64)
     res["float32_vs_float64"] = {
@@ -107,10 +118,10 @@ def main():
     res["alpha_agreement_himalaya"] = float(np.mean(np.isclose(h_alpha, chosen, rtol=1e-4)))
   if "sklearn" in peers:
     t, s_alpha = timed(lambda: run_sklearn(x, y, alphas, a.folds), 1)
-    shared = engine(x, y, alphas, a.folds, per_target=False)
+    shared = engine_on_mesh(x, y, alphas, a.folds, per_target=False)
     res["seconds"]["sklearn_shared_lambda"] = t
     res["seconds"]["persistent_shared_lambda"] = timed(
-        lambda: engine(x, y, alphas, a.folds, per_target=False), 1)[0]
+        lambda: engine_on_mesh(x, y, alphas, a.folds, per_target=False), 1)[0]
     res["speedup_vs_sklearn_shared"] = t / res["seconds"]["persistent_shared_lambda"]
     res["sklearn_same_shared_lambda"] = bool(np.isclose(float(shared.alpha[0]), s_alpha, rtol=1e-4))
   print(json.dumps(res, indent=2))
