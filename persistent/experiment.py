@@ -21,7 +21,16 @@ def _write_json_atomic(path: str, obj: Any) -> None:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Runs config.task; metrics.json appears only when the task completed."""
+  """Runs config.task; metrics.json appears only when the task completed.
+
+  With several processes, process 0 writes to workdir and process i > 0 to workdir/process_i,
+  so that hosts sharing a file system never write the same files.
+  """
+  if config.ridge.dtype == "float64":
+    jax.config.update("jax_enable_x64", True)
+  distributed.initialize(config)  # several hosts: before anything touches a device
+  if jax.process_index() > 0:
+    workdir = os.path.join(workdir, f"process_{jax.process_index()}")
   os.makedirs(workdir, exist_ok=True)
   metrics_path = os.path.join(workdir, "metrics.json")
   if os.path.exists(metrics_path):  # never leave an old result beside a new, failed run
@@ -32,9 +41,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   root.addHandler(handler)
   root.setLevel(logging.INFO)
   try:
-    if config.ridge.dtype == "float64":
-      jax.config.update("jax_enable_x64", True)
-    distributed.initialize(config)  # several hosts: before anything touches a device
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
     logging.info("task %s on %s, workdir %s", config.task, jax.devices()[0].platform, workdir)
