@@ -201,9 +201,11 @@ def _fold_block_errors(stats: RidgeStats, fold: jax.Array, basis, alphas: jax.Ar
   q_v = yy[fold] - 2 * my * sy_v + n_v * my * my
   z = jnp.matmul(v.T, c_t, precision=HIGHEST)
   b = jnp.matmul(v.T, c_v, precision=HIGHEST)
-  u = z[None] / (e[None, :, None] + alphas[:, None, None])  # (L, d, size)
+  shrink = 1.0 / (e[None, :] + alphas[:, None])  # (L, d); 0 on the null space (e = inf)
+  linear = jnp.matmul(shrink, z * b, precision=HIGHEST)  # w^T C_v for every lambda: (L, size)
+  u = shrink[:, :, None] * z[None]  # eigen-coordinates of w for every lambda: (L, d, size)
   au = jnp.einsum("de,lek->ldk", a, u, precision=HIGHEST)
-  return q_v[None] - 2 * jnp.sum(u * b[None], 1) + jnp.sum(u * au, 1)
+  return q_v[None] - 2 * linear + jnp.einsum("ldk,ldk->lk", u, au, precision=HIGHEST)
 
 
 @functools.partial(jax.jit, static_argnames="rank")

@@ -74,13 +74,17 @@ def test_shard_source_is_a_contiguous_partition():
 
 
 def assert_same_fit(fit, ref, rtol):
+  """CV errors agree everywhere; lambdas, weights and biases wherever the best lambda wins clearly
+  (on a near tie, float32 rounding may pick the neighbouring lambda, and the weights with it)."""
   assert fit.weights.shape == ref.weights.shape and fit.cv_mse.shape == ref.cv_mse.shape
-  for name in ("weights", "bias", "cv_mse"):
-    a, b = np.asarray(getattr(fit, name)), np.asarray(getattr(ref, name))
-    np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * np.abs(b).max(), err_msg=name)
+  b = np.asarray(ref.cv_mse)
+  np.testing.assert_allclose(np.asarray(fit.cv_mse), b, rtol=rtol, atol=rtol * np.abs(b).max(), err_msg="cv_mse")
   ok = separated(np.asarray(ref.cv_mse, np.float64), margin=1e-4)
   assert ok.mean() > 0.5
   np.testing.assert_array_equal(np.asarray(fit.alpha)[ok], np.asarray(ref.alpha)[ok])
+  for name in ("weights", "bias"):
+    a, b = np.asarray(getattr(fit, name))[..., ok], np.asarray(getattr(ref, name))[..., ok]
+    np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * np.abs(b).max(), err_msg=name)
   np.testing.assert_array_equal(np.asarray(fit.alphas), np.asarray(ref.alphas))
 
 
