@@ -85,7 +85,8 @@ def photos(n: int, size: int) -> list[np.ndarray]:
 def sample_images(n: int, size: int) -> np.ndarray:
   """n images: up to n - 1 photos, the rest made."""
   real = photos(n - 1, size)
-  return np.concatenate([np.stack(real)] * bool(real) + [made_images(n - len(real), size)])
+  made = made_images(n - len(real), size)
+  return np.concatenate([np.stack(real), made]) if real else made
 
 
 def caffe_input(images: np.ndarray, mean=caffe.IMAGENET_MEAN_BGR) -> np.ndarray:
