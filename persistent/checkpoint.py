@@ -1,6 +1,7 @@
 """Orbax checkpoints of fitted ridge probes, with the metadata needed to use them again."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any
@@ -14,8 +15,8 @@ from persistent import ridge
 def save(directory: str, fits: dict[str, ridge.RidgeFit], metadata: dict[str, Any]) -> str:
   """Writes named fits (e.g. {'rgb': fit}) and JSON metadata to directory/ (replacing it)."""
   directory = os.path.abspath(directory)
-  tree = {name: {f: np.asarray(getattr(fit, f)) for f in ("weights", "bias", "alpha", "cv_mse", "alphas")}
-          for name, fit in fits.items()}
+  fields = [f.name for f in dataclasses.fields(ridge.RidgeFit)]
+  tree = {name: {f: np.asarray(getattr(fit, f)) for f in fields} for name, fit in fits.items()}
   with ocp.StandardCheckpointer() as ckpt:
     ckpt.save(os.path.join(directory, "fits"), tree, force=True)
     ckpt.wait_until_finished()

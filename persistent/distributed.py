@@ -372,7 +372,8 @@ def solve(stats: ridge.RidgeStats, mesh: Mesh, *, alphas: Sequence[float], per_t
   w, b = refit(stats, basis, jax.device_put(alpha_p, NamedSharding(mesh, P(mesh.axis_names))))
   w, b = to_host(w)[:, :k], to_host(b)[:k]
   return ridge.RidgeFit(weights=jnp.asarray(w), bias=jnp.asarray(b), alpha=jnp.asarray(alpha, dtype),
-                        cv_mse=jnp.asarray(cv_mse, dtype), alphas=alphas_j)
+                        cv_mse=jnp.asarray(cv_mse, dtype), alphas=alphas_j,
+                        target_mean=jnp.asarray(to_host(basis[2] + stats.shift_y)[:k]))
 
 
 def fit(X: Any, Y: Any, mesh: Mesh, *, alphas: Sequence[float], num_folds: int = 4,

@@ -38,6 +38,7 @@ class RidgeFit(flax.struct.PyTreeNode):
   alpha: jax.Array  # (k,) chosen lambda per target
   cv_mse: jax.Array  # (len(alphas), k): held-out squared error summed over folds, / n
   alphas: jax.Array  # (len(alphas),) the grid
+  target_mean: jax.Array  # (k,) training mean of each target: the infinite-lambda prediction
 
 
 class RidgeStats(flax.struct.PyTreeNode):
@@ -267,7 +268,8 @@ def solve(stats: RidgeStats, *, alphas: Sequence[float], per_target: bool = True
     w, b = _refit_block(stats, basis, alpha_j, jnp.int32(s), size)
     weights[:, s:s + size], bias[s:s + size] = np.asarray(w), np.asarray(b)
   return RidgeFit(weights=jnp.asarray(weights), bias=jnp.asarray(bias), alpha=jnp.asarray(alpha, dtype),
-                  cv_mse=jnp.asarray(cv_mse, dtype), alphas=alphas_j)
+                  cv_mse=jnp.asarray(cv_mse, dtype), alphas=alphas_j,
+                  target_mean=basis[2] + stats.shift_y)
 
 
 def fit(X: Any, Y: Any, *, alphas: Sequence[float], num_folds: int = 4, per_target: bool = True,

@@ -41,11 +41,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     mean_image = np.asarray(meta["train_mean"], np.float32)
   else:
     fit = probe.fit(config, backbone, train, to_targets)
-    # The training mean image is the bias of a probe with infinite lambda.
-    mean_image = np.zeros(3 * size * size)
-    for exs in data.iterate(train, 256, workers=config.data.workers or None):
-      mean_image += to_targets(exs).sum(0)
-    mean_image = (mean_image / len(train)).astype(np.float32)
+    mean_image = np.asarray(fit.target_mean, np.float32)  # from the same pass over the data
     checkpoint.save(os.path.join(workdir, "checkpoint"), {"rgb": fit}, {
         "task": "rgb", "size": size, "backbone": config.backbone.to_dict(),
         "train": config.data.train, "train_mean": mean_image.tolist()})
