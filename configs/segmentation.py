@@ -11,7 +11,6 @@ Variants: '' (synthetic scenes, 5 classes incl. background), 'camvid' (CamVid, S
 AlexNet fc6). The fake-21-class memory check: '' with --config.segmentation.num_classes=21.
 """
 from persistent import config_lib
-from persistent.data import synthetic
 
 
 def get_config(arg: str | None = None):
@@ -23,7 +22,7 @@ def get_config(arg: str | None = None):
       augment=10,  # training variants per image (1 = no augmentation); the paper's tenfold
       min_scale=0.7,  # augmentation crops keep this fraction of each side or more
       ap_stride=4,  # AP over every ap_stride-th pixel in each direction (exact confusion-based IoU)
-      class_names=synthetic.CLASSES,  # () = from the data (voc_seg, camvid name their classes)
+      class_names=(),  # () = from the data (every source names its classes); or the names to expect
       num_classes=0,  # > number of names: pad with extra (absent) classes, e.g. 21 for a VOC-size run
       logistic=dict(enabled=True, steps=300, batch_size=128, learning_rate=1e-2, l2=0.0),
   )

@@ -46,6 +46,13 @@ def _flat_tap(backbone: Backbone, layer: str, normalize: bool):
   return fn
 
 
+@functools.lru_cache(maxsize=64)
+def feature_dim(backbone: Backbone, layer: str) -> int:
+  """Width of a layer's flattened feature, from shapes alone (nothing is computed)."""
+  shape = jax.eval_shape(backbone.tap(layer), jax.ShapeDtypeStruct((1, *backbone.input_size, 3), jnp.uint8))
+  return int(np.prod(shape.shape[1:]))
+
+
 def cache_key(backbone: Backbone, layer: str, source: data_lib.Source, normalize: bool) -> str:
   desc = {"version": CACHE_VERSION, "backbone": backbone.name, "weights": backbone.weights_id,
           "dtype": str(getattr(backbone.module, "dtype", "float32")),

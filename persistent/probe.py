@@ -1,17 +1,297 @@
-"""The probing step shared by tasks: backbone from config, streamed features -> ridge fit."""
+"""The probing step, once for every task: data -> backbone -> features -> ridge.
+
+A task says what to fit as `Head`s: which examples of a batch feed a head, its inputs (by default
+the examples' backbone features) and its targets. `Pipeline.fit` streams a source through the
+backbone once and feeds every head's rows into its own ridge accumulator; `Pipeline.predict`
+streams a source and applies fitted heads, optionally cross-fitted (each example predicted by the
+model fitted without its fold). Folds, devices (`config.mesh`), several processes
+(`config.distributed`: each process reads only its share of every source and feeds only its
+rows), the feature cache and checkpoints live here and nowhere else, so everything the engine
+can do reaches every task.
+"""
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from persistent import backbones, data, distributed, features, ridge
+from persistent import backbones, checkpoint, data, distributed, features, ridge
 
-TargetFn = Callable[[list[data.Example]], np.ndarray]
+Examples = list[data.Example]
+
+
+@dataclasses.dataclass(frozen=True)
+class Head:
+  """One multi-target ridge probe.
+
+  `targets(examples)` gives (rows, num_targets) float targets for the selected examples of a
+  batch, `rows_per_example` rows each (e.g. one per grid cell for a per-cell combiner). A row whose
+  targets are all NaN is not a sample (e.g. a void cell); NaN in some targets of a row marks those
+  values missing (`missing=True`, e.g. invisible keypoints). `select(example)` picks the examples
+  that feed the head (default: all). `inputs(examples, feats)` replaces the backbone features
+  (selected rows) by other inputs of `input_dim` columns (e.g. raw pixels for a baseline).
+  `alphas` and `per_target` override config.ridge's.
+  """
+  name: str
+  num_targets: int
+  targets: Callable[[Examples], np.ndarray]
+  select: Callable[[data.Example], bool] | None = None
+  inputs: Callable[[Examples, np.ndarray], np.ndarray] | None = None
+  input_dim: int | None = None
+  rows_per_example: int = 1
+  alphas: Sequence[float] | None = None
+  per_target: bool | None = None
+  missing: bool = False
+
+  def rows(self, examples: Examples, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray, Examples]:
+    """(inputs (m * rows_per_example, d), owner (m,) batch positions, selected examples)."""
+    own = np.arange(len(examples)) if self.select is None else np.flatnonzero(
+        [bool(self.select(ex)) for ex in examples])
+    chosen = [examples[i] for i in own]
+    if not own.size:
+      return np.zeros((0, self.input_dim or feats.shape[1]), np.float32), own, chosen
+    x = feats[own] if self.inputs is None else self.inputs(chosen, feats[own])
+    x = np.asarray(x, np.float32).reshape(len(own) * self.rows_per_example, -1)
+    return x, own, chosen
+
+
+@dataclasses.dataclass
+class Fitted:
+  """The outcome of `Pipeline.fit`: fits by head, their accumulators (for cross-fitting and
+  moments), the fold of every fold group, and the summed side statistics."""
+  fits: dict[str, ridge.RidgeFit]
+  accumulators: dict[str, Any]
+  group_folds: np.ndarray
+  sums: dict[str, np.ndarray]
+  records: list
+  alphas: dict[str, tuple[float, ...]]
+  per_target: dict[str, bool]
+
+  def target_moments(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance (k,) of a head's targets over all its rows."""
+    return self.accumulators[name].target_moments()
+
+  def projection_moments(self, name: str, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (m,) and covariance (m, m) of a head's inputs projected on the columns of w (d, m)."""
+    return self.accumulators[name].projection_moments(np.asarray(w, np.float64))
+
+  def crossfit(self, name: str) -> list[ridge.RidgeFit]:
+    """Per fold f, the head's model fitted (and cross-validated) without fold f."""
+    acc = self.accumulators[name]
+    folds = range(len(np.unique(self.group_folds)))
+    return [acc.solve(alphas=self.alphas[name], per_target=self.per_target[name],
+                      folds=[g for g in folds if g != f]) for f in folds]
+
+
+@dataclasses.dataclass
+class Batch:
+  """What `Pipeline.predict` hands to a task's `record` function for each batch."""
+  examples: Examples
+  features: np.ndarray  # (B, d) backbone features
+  index: np.ndarray  # (B,) positions in the source
+  preds: dict[str, np.ndarray]  # head -> (B, rows_per_example * num_targets)
+
+
+def assign_folds(num_groups: int, num_folds: int, seed: int | None = None) -> np.ndarray:
+  """The fold of each of `num_groups` groups: contiguous blocks (scikit-learn's KFold without
+  shuffling, the paper's protocol) or, with a seed, a seeded balanced permutation of them."""
+  folds = ridge.kfold_ids(num_groups, num_folds)
+  if seed is None:
+    return folds
+  return folds[np.argsort(np.random.default_rng([seed, 11]).permutation(num_groups))]
+
+
+class Pipeline:
+  """The backbone, the mesh and the settings of one run, shared by every pass of a task."""
+
+  def __init__(self, config: ml_collections.ConfigDict, backbone: backbones.Backbone | None = None):
+    self.config = config
+    self.backbone = backbone if backbone is not None else backbone_from_config(config)
+    self.layer = config.backbone.layer
+    self.mesh = distributed.mesh_from_config(config)
+    self.processes, self.process = jax.process_count(), jax.process_index()
+    local = distributed.local_data_size(self.mesh)
+    self.batch_size = -(-config.batch_size // local) * local  # a multiple of the local devices
+    self.sharding = None if distributed.is_single_device(self.mesh) else distributed.local_batch_sharding(self.mesh)
+
+  @property
+  def feature_dim(self) -> int:
+    return features.feature_dim(self.backbone, self.layer)
+
+  def _options(self) -> dict[str, Any]:
+    cache = self.config.features.cache_dir
+    return dict(batch_size=self.batch_size, normalize=self.config.features.normalize,
+                cache_dir=os.path.expanduser(cache) if cache else None,
+                workers=self.config.data.workers or None, sharding=self.sharding)
+
+  def stream(self, source: data.Source) -> Iterator[tuple[Examples, np.ndarray, np.ndarray]]:
+    """(examples, features (B, d), global indices (B,)) of this process's share of `source`,
+    then empty batches until every process has made the same number of steps."""
+    local, idx = distributed.shard_source(source, self.process, self.processes)
+    steps = -(-distributed.share_size(len(source), self.processes) // self.batch_size)
+    start, done = 0, 0
+    if len(local):
+      for examples, feats in features.iterate(self.backbone, self.layer, local, **self._options()):
+        yield examples, feats, idx[start:start + len(examples)]
+        start += len(examples)
+        done += 1
+    for _ in range(done, steps):
+      yield [], np.zeros((0, self.feature_dim), np.float32), np.zeros(0, np.int64)
+
+  def records(self, source: data.Source, fn: Callable[[Examples], list]) -> list:
+    """fn(examples) (one value per example) over `source` without the backbone, e.g. annotations;
+    each process reads its share, every process gets all values in source order."""
+    local, idx = distributed.shard_source(source, self.process, self.processes)
+    out, index, start = [], [], 0
+    if len(local):
+      for examples in data.iterate(local, self.batch_size, workers=self.config.data.workers or None):
+        out += list(fn(examples))
+        index.append(idx[start:start + len(examples)])
+        start += len(examples)
+    return _in_source_order(out, index)
+
+  def fit(self, source: data.Source, heads: Sequence[Head], *, groups: np.ndarray | None = None,
+          fold_seed: int | None = None, sums: dict[str, Callable[[Examples], np.ndarray]] | None = None,
+          collect: Callable[[Batch], list] | None = None) -> Fitted:
+    """One pass over `source`: every head's rows into its ridge statistics, solved at the end.
+
+    `groups` (N,) ints put examples in fold groups (all examples of a group in one fold, e.g. the
+    crops of one face, the augmented copies of one image); default: one group per example.
+    `sums` name -> fn(examples) -> array, summed over all examples of every process; `collect`
+    gives one record per example of a `Batch` (as `predict`'s `record`), gathered in source order.
+    """
+    cfg = self.config.ridge
+    n = len(source)
+    groups = np.arange(n) if groups is None else np.asarray(groups)
+    if groups.shape != (n,) or (n and groups.min() < 0):
+      raise ValueError(f"fold groups must be {n} non-negative ints, one per example of {source.spec!r}")
+    num_groups = int(groups.max()) + 1 if n else 0
+    if num_groups < cfg.num_folds:
+      raise ValueError(f"training source {source.spec!r} has {num_groups} independent examples; "
+                       f"{cfg.num_folds}-fold cross-validation needs at least that many")
+    group_folds = assign_folds(num_groups, cfg.num_folds, fold_seed)
+    fold_ids = group_folds[groups]
+    names = [h.name for h in heads]
+    if len(set(names)) != len(names):
+      raise ValueError(f"head names must be distinct, got {names}")
+    accs = {h.name: _accumulator(self.mesh, h.input_dim or self.feature_dim, h.num_targets, cfg,
+                                 n * h.rows_per_example, h.missing) for h in heads}
+    totals = {k: None for k in (sums or {})}
+    records, index = [], []
+    for examples, feats, idx in self.stream(source):
+      for h in heads:
+        x, own, chosen = h.rows(examples, feats) if examples else (
+            np.zeros((0, accs[h.name].d), np.float32), np.zeros(0, int), [])
+        y = np.asarray(h.targets(chosen), np.float32).reshape(x.shape[0], h.num_targets) if chosen else \
+            np.zeros((0, h.num_targets), np.float32)
+        folds = np.repeat(fold_ids[idx[own]], h.rows_per_example)
+        keep = ~np.isnan(y).all(1)
+        if not h.missing and np.isnan(y[keep]).any():
+          raise ValueError(f"head {h.name!r}: targets contain NaN")
+        accs[h.name].update(x[keep], y[keep], folds[keep])
+      if not examples:
+        continue
+      for name, fn in (sums or {}).items():
+        s = np.asarray(fn(examples))
+        totals[name] = s if totals[name] is None else totals[name] + s
+      if collect is not None:
+        records += list(collect(Batch(examples, feats, idx, {})))
+        index.append(idx)
+    totals = {k: _sum_over_processes(v) for k, v in totals.items()}
+    if collect is not None:
+      records = _in_source_order(records, index)
+    alphas = {h.name: tuple(h.alphas or cfg.alphas) for h in heads}
+    per_target = {h.name: cfg.per_target if h.per_target is None else h.per_target for h in heads}
+    fits = {h.name: accs[h.name].solve(alphas=alphas[h.name], per_target=per_target[h.name]) for h in heads}
+    return Fitted(fits, accs, group_folds, totals, records, alphas, per_target)
+
+  def predict(self, source: data.Source, heads: Sequence[Head], fits: dict[str, Any], *,
+              record: Callable[["Batch"], list] | None = None,
+              crossfit: tuple[Fitted, np.ndarray] | None = None) -> tuple[dict[str, np.ndarray], list]:
+    """Every head's predictions for every example of `source`, on every process.
+
+    Returns ({head: (N, rows_per_example * num_targets), NaN where the head does not select the
+    example}, records): `record(batch)` gives one value per example of a `Batch` (e.g. its ground
+    truth), collected in source order. With `crossfit=(fitted, groups)`, fits[head] is a list of
+    per-fold models (`Fitted.crossfit`) and example i is predicted by the one fitted without its
+    fold, the fold of its group groups[i] in `fitted`.
+    """
+    fold_of = None if crossfit is None else crossfit[0].group_folds[np.asarray(crossfit[1])]
+    linear = {h.name: [(np.asarray(m.weights, np.float32), np.asarray(m.bias, np.float32)) for m in
+                       ([fits[h.name]] if fold_of is None else fits[h.name])] for h in heads}
+    out: dict[str, list] = {h.name: [] for h in heads}
+    records, index = [], []
+    for examples, feats, idx in self.stream(source):
+      if not examples:
+        continue
+      batch = Batch(examples, feats, idx, {})
+      for h in heads:
+        width = h.rows_per_example * h.num_targets
+        batch.preds[h.name] = pred = np.full((len(examples), width), np.nan, np.float32)
+        x, own, _ = h.rows(examples, feats)
+        if not own.size:
+          continue
+        row_models = np.repeat(np.zeros(own.size, int) if fold_of is None else fold_of[idx[own]],
+                               h.rows_per_example)
+        p = np.empty((x.shape[0], h.num_targets), np.float32)
+        for f in np.unique(row_models):
+          w, b = linear[h.name][f]
+          p[row_models == f] = x[row_models == f] @ w + b
+        pred[own] = p.reshape(own.size, width)
+      for h in heads:
+        out[h.name] += list(batch.preds[h.name])
+      if record is not None:
+        records += list(record(batch))
+      index.append(idx)
+    rows = [dict(zip(out, v)) for v in zip(*out.values())] if heads else [{}] * sum(map(len, index))
+    gathered = _in_source_order(list(zip(rows, records or [None] * len(rows))), index)
+    preds = {h.name: np.stack([g[0][h.name] for g in gathered]) if gathered else
+             np.zeros((0, h.rows_per_example * h.num_targets), np.float32) for h in heads}
+    return preds, [g[1] for g in gathered] if record is not None else []
+
+  # ------------------------------------------------------------------------------------------
+  # Checkpoints
+
+  def identity(self, layout: dict[str, Any]) -> dict[str, Any]:
+    """What a fitted probe depends on (see `checkpoint.check`): task, backbone, weights, layer,
+    preprocessing, training data, ridge settings and the task's target layout."""
+    c = self.config
+    return {"task": c.task, "backbone": self.backbone.name, "weights": self.backbone.weights_id,
+            "layer": self.layer, "preprocessing": preprocessing(self.backbone, c),
+            "train": c.data.train, "ridge": {k: c.ridge[k] for k in ("alphas", "num_folds", "per_target", "dtype")},
+            "layout": layout}
+
+  def save(self, workdir: str, fits: dict[str, ridge.RidgeFit], layout: dict[str, Any],
+           state: dict[str, Any] | None = None) -> str:
+    """Writes workdir/checkpoint: the fits, the identity and the task's `state` (what prediction
+    needs besides the fits, e.g. a mean shape)."""
+    return checkpoint.save(os.path.join(workdir, "checkpoint"), fits,
+                           {"identity": self.identity(layout), "state": state or {}})
+
+  def restore(self, layout: dict[str, Any]) -> tuple[dict[str, ridge.RidgeFit], dict[str, Any]]:
+    """(fits, state) of config.restore, refused unless its identity matches this run's."""
+    fits, meta = checkpoint.restore(self.config.restore)
+    checkpoint.check(meta.get("identity", {}), self.identity(layout), self.config.restore)
+    return fits, meta.get("state", {})
+
+
+def summary(fit: ridge.RidgeFit) -> dict[str, Any]:
+  """What metrics.json reports of a fit: the median chosen lambda, the mean best CV error and how
+  many targets chose an end of the lambda grid (the grid may be too narrow for them)."""
+  alpha, grid = np.asarray(fit.alpha, np.float64), np.asarray(fit.alphas, np.float64)
+  fitted = np.isfinite(alpha)
+  low, high = int((alpha[fitted] == grid.min()).sum()), int((alpha[fitted] == grid.max()).sum())
+  return {"alpha_median": float(np.median(alpha[fitted])) if fitted.any() else None,
+          "cv_mse_chosen": float(np.nanmin(np.asarray(fit.cv_mse, np.float64), 0)[fitted].mean())
+          if fitted.any() else None,
+          "alpha_at_edge": {"low": low, "high": high,
+                            "fraction": (low + high) / max(int(fitted.sum()), 1)}}
 
 
 def backbone_from_config(config: ml_collections.ConfigDict) -> backbones.Backbone:
@@ -20,69 +300,167 @@ def backbone_from_config(config: ml_collections.ConfigDict) -> backbones.Backbon
   return backbones.create(b.name, b.weights, seed=config.seed, dtype=jnp.dtype(b.dtype), **extra)
 
 
-def feature_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  cache = config.features.cache_dir
-  return dict(batch_size=config.batch_size, normalize=config.features.normalize,
-              cache_dir=os.path.expanduser(cache) if cache else None,
-              workers=config.data.workers or None)
+def preprocessing(backbone: backbones.Backbone, config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """How images become features, as far as a fitted probe depends on it."""
+  desc = dict(getattr(backbone, "preprocessing", None) or {"input_size": list(backbone.input_size)})
+  desc.update(dtype=config.backbone.dtype, l2_normalize=bool(config.features.normalize))
+  return desc
 
 
-def fit(config: ml_collections.ConfigDict, backbone: backbones.Backbone, source: data.Source,
-        targets: TargetFn) -> ridge.RidgeFit:
-  """Streams features and targets of `source` into ridge statistics and solves them."""
-  if len(source) < config.ridge.num_folds:
-    raise ValueError(f"training source {source.spec!r} has {len(source)} examples; "
-                     f"{config.ridge.num_folds}-fold cross-validation needs at least that many")
-  mesh = distributed.mesh_from_config(config)
-  if not distributed.is_single_device(mesh):
-    return _fit_sharded(config, backbone, source, targets, mesh)
-  fold_ids = ridge.kfold_ids(len(source), config.ridge.num_folds)
-  stats, start = None, 0
-  for examples, feats in features.iterate(backbone, config.backbone.layer, source,
-                                          **feature_options(config)):
-    y = np.asarray(targets(examples), np.float32).reshape(len(examples), -1)
-    if stats is None:
-      stats = ridge.init(feats.shape[1], y.shape[1], config.ridge.num_folds, config.ridge.dtype)
-    stats = ridge.update(stats, feats, y, fold_ids[start:start + len(examples)])
-    start += len(examples)
-  return ridge.solve(stats, alphas=config.ridge.alphas, per_target=config.ridge.per_target)
+# ----------------------------------------------------------------------------------------------
+# The ridge engine behind the heads: streaming statistics (d x d per fold) or, where the rows are
+# fewer than the features or targets may be missing, the rows themselves.
 
 
-def _fit_sharded(config: ml_collections.ConfigDict, backbone: backbones.Backbone, source: data.Source,
-                 targets: TargetFn, mesh) -> ridge.RidgeFit:
-  """`fit` over config.mesh: each process reads its share of the source, extracts features on
-  its devices (batch split over them) and accumulates its rows; every process runs the same
-  number of steps, padding with empty batches, then the targets are solved across all devices."""
-  count, index = jax.process_count(), jax.process_index()
-  if len(source) < count:
-    raise ValueError(f"training source {source.spec!r} has {len(source)} examples for {count} processes")
-  local, idx = distributed.shard_source(source, index, count)
-  fold_ids = ridge.kfold_ids(len(source), config.ridge.num_folds)[idx]
-  batch_size = -(-config.batch_size // distributed.local_data_size(mesh)) * distributed.local_data_size(mesh)
-  steps = -(-distributed.share_size(len(source), count) // batch_size)
-  options = dict(feature_options(config), batch_size=batch_size,
-                 sharding=distributed.local_batch_sharding(mesh))
-  acc, start, done = None, 0, 0
-  for examples, feats in features.iterate(backbone, config.backbone.layer, local, **options):
-    y = np.asarray(targets(examples), np.float32).reshape(len(examples), -1)
-    if acc is None:
-      acc = distributed.Accumulator(mesh, feats.shape[1], y.shape[1], config.ridge.num_folds,
-                                    config.ridge.dtype)
-    acc.update(feats, y, fold_ids[start:start + len(examples)])
-    start += len(examples)
-    done += 1
-  for _ in range(done, steps):  # shorter shares: empty steps keep the processes in lockstep
-    acc.update(np.zeros((0, acc.d), np.float32), np.zeros((0, acc.k), np.float32), np.zeros(0, int))
-  return acc.solve(alphas=config.ridge.alphas, per_target=config.ridge.per_target)
+def _accumulator(mesh, d: int, k: int, cfg: ml_collections.ConfigDict, n: int, missing: bool):
+  dual = missing or n < d
+  return _Rows(d, k, cfg.num_folds, cfg.dtype) if dual else _Stats(mesh, d, k, cfg.num_folds, cfg.dtype)
 
 
-def predict(config: ml_collections.ConfigDict, backbone: backbones.Backbone, source: data.Source,
-            fit: ridge.RidgeFit, keep: Callable[[list[data.Example]], Any] | None = None):
-  """Predictions (N, k) for a source, and keep(examples) for every batch when given."""
-  preds, kept = [], []
-  for examples, feats in features.iterate(backbone, config.backbone.layer, source,
-                                          **feature_options(config)):
-    preds.append(np.asarray(ridge.predict(fit, feats)))
-    if keep is not None:
-      kept.append(keep(examples))
-  return np.concatenate(preds), kept
+class _Stats:
+  """Sufficient statistics, on one device or over the mesh."""
+
+  def __init__(self, mesh, d: int, k: int, num_folds: int, dtype: str):
+    self.mesh, self.d, self.k, self.num_folds, self.dtype = mesh, d, k, num_folds, dtype
+    self.single = distributed.is_single_device(mesh)
+    self.acc = ridge.init(d, k, num_folds, dtype) if self.single else \
+        distributed.Accumulator(mesh, d, k, num_folds, dtype)
+
+  def update(self, x, y, folds) -> None:
+    if self.single:
+      if x.shape[0]:
+        self.acc = ridge.update(self.acc, x, y, folds)
+    else:
+      self.acc.update(x, y, folds)
+
+  def stats(self) -> ridge.RidgeStats:
+    return self.acc if self.single else self.acc.reduce()
+
+  def _totals(self):
+    s = self.stats()
+    n = float(np.asarray(s.count).sum())
+    return s, n
+
+  def target_moments(self):
+    s, n = self._totals()
+    m = np.asarray(s.sum_y, np.float64).sum(0)[:self.k] / n
+    var = np.asarray(s.yy, np.float64).sum(0)[:self.k] / n - m * m
+    return m + np.asarray(s.shift_y, np.float64)[:self.k], np.maximum(var, 0)
+
+  def projection_moments(self, w):
+    s, n = self._totals()
+    m = np.asarray(s.sum_x, np.float64).sum(0) / n
+    cov = w.T @ (np.asarray(s.xx, np.float64).sum(0) / n) @ w - np.outer(m @ w, m @ w)
+    return (m + np.asarray(s.shift_x, np.float64)) @ w, cov
+
+  def solve(self, *, alphas, per_target: bool, folds: Sequence[int] | None = None) -> ridge.RidgeFit:
+    stats = self.stats()
+    if folds is not None:  # drop the other folds entirely: train and cross-validate on these
+      f = np.asarray(list(folds))
+      stats = stats.replace(**{n: getattr(stats, n)[f] for n in ("count", "sum_x", "sum_y", "xx", "xy", "yy")})
+    if self.single:
+      return ridge.solve(stats, alphas=alphas, per_target=per_target)
+    return distributed.solve(stats, self.mesh, alphas=alphas, per_target=per_target, num_targets=self.k)
+
+
+class _Rows:
+  """Keeps the rows (gathered from every process at the end); solves each pattern of present
+  targets on its rows, in the row space when there are fewer rows than features."""
+
+  def __init__(self, d: int, k: int, num_folds: int, dtype: str):
+    self.d, self.k, self.num_folds, self.dtype = d, k, num_folds, dtype
+    self.x, self.y, self.f = [], [], []
+    self._all = None
+
+  def update(self, x, y, folds) -> None:
+    if x.shape[0]:
+      self.x.append(np.asarray(x, np.float32))
+      self.y.append(np.asarray(y, np.float32))
+      self.f.append(np.asarray(folds))
+
+  def rows(self):
+    if self._all is None:
+      local = (np.concatenate(self.x) if self.x else np.zeros((0, self.d), np.float32),
+               np.concatenate(self.y) if self.y else np.zeros((0, self.k), np.float32),
+               np.concatenate(self.f) if self.f else np.zeros(0, np.int64))
+      parts = _allgather_objects(local)
+      self._all = tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
+    return self._all
+
+  def target_moments(self):
+    y = self.rows()[1].astype(np.float64)
+    return np.nanmean(y, 0), np.nanvar(y, 0)
+
+  def projection_moments(self, w):
+    p = self.rows()[0].astype(np.float64) @ w
+    return p.mean(0), np.atleast_2d(np.cov(p.T, bias=True))
+
+  def solve(self, *, alphas, per_target: bool, folds: Sequence[int] | None = None) -> ridge.RidgeFit:
+    x, y, f = self.rows()
+    if folds is not None:
+      keep = np.isin(f, list(folds))
+      x, y, f = x[keep], y[keep], f[keep]
+    return _fit_missing(x, y, f, alphas, per_target, self.dtype)
+
+
+def _fit_missing(x, y, f, alphas, per_target, dtype) -> ridge.RidgeFit:
+  d, k = x.shape[1], y.shape[1]
+  present = ~np.isnan(y)
+  weights, bias = np.zeros((d, k), np.float32), np.zeros(k, np.float32)
+  alpha, cv = np.full(k, np.nan, np.float32), np.full((len(alphas), k), np.nan, np.float32)
+  mean = np.where(present.any(0), np.nansum(y, 0) / np.maximum(present.sum(0), 1), 0).astype(np.float32)
+  patterns: dict[bytes, list[int]] = {}
+  for j in range(k):
+    patterns.setdefault(np.packbits(present[:, j]).tobytes(), []).append(j)
+  for cols in patterns.values():
+    rows = present[:, cols[0]]
+    uniq, counts = np.unique(f[rows], return_counts=True)
+    if len(uniq) < 2 or counts.min() < 2:
+      bias[cols] = mean[cols]  # too few rows for cross-validation: the mean
+      continue
+    xr, yr = x[rows], y[rows][:, cols]
+    fr = np.searchsorted(uniq, f[rows])
+    basis = _row_space(xr) if xr.shape[0] < d else None
+    fit = ridge.fit(xr if basis is None else xr @ basis, yr, alphas=alphas, num_folds=len(uniq),
+                    per_target=per_target, fold_ids=fr, dtype=dtype)
+    w = np.asarray(fit.weights)
+    weights[:, cols] = w if basis is None else basis @ w
+    bias[cols], alpha[cols], cv[:, cols] = np.asarray(fit.bias), np.asarray(fit.alpha), np.asarray(fit.cv_mse)
+  return ridge.RidgeFit(weights=jnp.asarray(weights), bias=jnp.asarray(bias), alpha=jnp.asarray(alpha),
+                        cv_mse=jnp.asarray(cv), alphas=jnp.asarray(np.asarray(alphas, np.float32)),
+                        target_mean=jnp.asarray(mean))
+
+
+def _row_space(x: np.ndarray, rtol: float = 1e-7) -> np.ndarray:
+  """An orthonormal basis (d, r) of the span of the rows of x; ridge restricted to it is exact."""
+  _, s, vt = np.linalg.svd(np.asarray(x, np.float64), full_matrices=False)
+  return vt[s > s[0] * rtol].T.astype(np.float32) if s.size and s[0] > 0 else np.zeros((x.shape[1], 0), np.float32)
+
+
+def _allgather_objects(obj: Any) -> list[Any]:
+  """obj of every process, in process order (pickled through a uint8 all-gather)."""
+  if jax.process_count() == 1:
+    return [obj]
+  import pickle
+  from jax.experimental import multihost_utils
+  blob = np.frombuffer(pickle.dumps(obj), np.uint8)
+  sizes = np.asarray(multihost_utils.process_allgather(np.array([blob.size])))
+  padded = np.zeros(int(sizes.max()), np.uint8)
+  padded[:blob.size] = blob
+  every = np.asarray(multihost_utils.process_allgather(padded))
+  return [pickle.loads(every[i, :int(sizes[i])].tobytes()) for i in range(len(sizes))]
+
+
+def _in_source_order(records: list, index: list[np.ndarray]) -> list:
+  """This process's per-example records (positions `index`) and every other process's, merged
+  in source order on every process."""
+  idx = np.concatenate(index) if index else np.zeros(0, np.int64)
+  parts = _allgather_objects((records, idx))
+  every = [r for p in parts for r in p[0]]
+  order = np.argsort(np.concatenate([p[1] for p in parts]), kind="stable")
+  return [every[i] for i in order]
+
+
+def _sum_over_processes(x: np.ndarray | None) -> np.ndarray | None:
+  parts = [p for p in _allgather_objects(x) if p is not None]
+  return sum(parts[1:], parts[0]) if parts else None

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from persistent import data, ridge
+from persistent import data
 from persistent.data import keypoints as kp_data
 from persistent.tasks import keypoints as kp_task
 
@@ -136,41 +136,15 @@ def test_synthetic_keypoints_canonical_order():
   assert src.spec != data.open_source("synthetic_keypoints:n=20,seed=1").spec
 
 
-def test_crop_coordinates_roundtrip_and_groups():
+def test_context_boxes_and_relative_coordinates():
+  from persistent import geometry
   boxes = np.array([[10.0, 20.0, 30.0, 60.0]])
-  pts = np.array([[[10.0, 20.0], [30.0, 60.0], [20.0, 40.0]]])
-  rel = kp_task.to_crop(pts, boxes)
-  np.testing.assert_allclose(rel[0], [[0, 0], [1, 1], [0.5, 0.5]])
-  np.testing.assert_allclose(kp_task.from_crop(rel, boxes), pts)
-  np.testing.assert_allclose(kp_task.crop_box(boxes[0], 0.1), [8, 16, 32, 64])
-  vis = np.array([[1, 1, 0], [1, 1, 1], [0, 0, 1]], bool)
-  groups = kp_task.visibility_groups(vis)
-  assert sorted(g.tolist() for g in groups) == [[0, 1], [2]]
-
-
-def test_fit_class_is_exact_ridge_on_visible_rows():
-  """The row-space reduction gives the same model as ridge on the raw features."""
-  import ml_collections
-  rng = np.random.default_rng(0)
-  n, d, k = 40, 100, 3
-  x = rng.normal(size=(n, d)).astype(np.float32)
-  train = {"x": x, "keypoints": rng.uniform(0, 10, (n, k, 2)).astype(np.float32),
-           "visible": rng.random((n, k)) < 0.8, "crops": np.tile([0.0, 0.0, 10.0, 10.0], (n, 1)).astype(np.float32)}
-  train["visible"][:, 0] = True
-  train["visible"][:3, 2] = False
-  train["visible"][:, 1] = False
-  train["visible"][:5, 1] = True  # too few rows: falls back to the mean position
-  config = ml_collections.ConfigDict({"ridge": {"alphas": (0.01, 0.1, 1.0, 10.0), "num_folds": 4,
-                                                "per_target": True, "dtype": "float32"}})
-  models = kp_task.fit_class(config, train)
-  xt = rng.normal(size=(7, d)).astype(np.float32)
-  pred = kp_task.predict_class(models, xt, k)
-  rel = kp_task.to_crop(train["keypoints"], train["crops"])
-  for j in (0, 2):
-    rows = train["visible"][:, j]
-    ref = ridge.fit(x[rows], rel[rows, j], alphas=config.ridge.alphas, num_folds=4)
-    np.testing.assert_allclose(pred[:, j], np.asarray(ridge.predict(ref, xt)), atol=2e-4)
-  np.testing.assert_allclose(pred[:, 1], np.broadcast_to(rel[:5, 1].mean(0), (7, 2)), rtol=1e-5)
+  np.testing.assert_allclose(geometry.context_boxes(boxes, 0.1), [[8, 16, 32, 64]])
+  ex = {"keypoints": np.array([[9.5, 19.5], [29.5, 59.5], [0.0, 0.0]]), "visible": np.array([True, True, False]),
+        "crop_box": boxes[0]}
+  rel = kp_task.relative(ex).reshape(3, 2)  # 0-based pixel centres: p + 0.5 in box coordinates
+  np.testing.assert_allclose(rel[:2], [[0, 0], [1, 1]])
+  assert np.isnan(rel[2]).all()  # invisible: no target
 
 
 def test_tiny_run_and_restore(tmp_path):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from persistent import backbones, data, probe, ridge
-from persistent import landmark_geometry as geo
-from persistent import landmark_metrics as lm
+from persistent import geometry as geo
+from persistent import metrics as lm
 from persistent.data import images as image_lib
 from persistent.tasks import landmarks as task
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from persistent import data
+from persistent import data, metrics
 from persistent.data import segmentation as seg_data
+from persistent.data import synthetic
 from persistent.tasks import segmentation as seg
 
 
@@ -116,7 +117,8 @@ def test_augmentation_is_seeded_and_labels_follow_the_image(tmp_path):
   image = np.repeat(label[..., None] * 60, 3, -1).astype(np.uint8)  # the image encodes its label
   base = data.Source("fixture", ["a"], lambda i: {"image": image, "label": label, "id": "a"})
   aug = seg.augmented(base, 4, seed=3, min_scale=0.6)
-  assert len(aug) == 4 and aug.ids == [f"a#aug{v}" for v in range(4)]
+  assert len(aug) == 4 and aug.ids == ["a"] + [f"a#aug{v}" for v in range(1, 4)]
+  assert [aug[v]["id"] for v in range(4)] == aug.ids
   np.testing.assert_array_equal(aug[0]["label"], label)
   for v in range(1, 4):
     a, b = aug[v], aug[v]
@@ -133,14 +135,14 @@ def test_augmentation_is_seeded_and_labels_follow_the_image(tmp_path):
 def test_upsample_and_nearest_cells():
   s = np.random.default_rng(0).normal(size=(3, 4, 2)).astype(np.float32)
   const = np.ones((5, 5, 3), np.float32) * 2
-  np.testing.assert_allclose(seg.upsample(const, (17, 9)), 2, rtol=1e-6)
-  np.testing.assert_allclose(seg.upsample(s, (3, 4)), s, rtol=1e-6)  # same size: identity
-  up = seg.upsample(s, (6, 8))  # x2: pixel centres at 0.25, 0.75 of a cell
+  np.testing.assert_allclose(metrics.upsample(const, (17, 9)), 2, rtol=1e-6)
+  np.testing.assert_allclose(metrics.upsample(s, (3, 4)), s, rtol=1e-6)  # same size: identity
+  up = metrics.upsample(s, (6, 8))  # x2: pixel centres at 0.25, 0.75 of a cell
   np.testing.assert_allclose(up[1, 1], 0.75 * 0.75 * s[0, 0] + 0.75 * 0.25 * (s[0, 1] + s[1, 0])
                              + 0.0625 * s[1, 1], rtol=1e-5)
   np.testing.assert_allclose(up[0, 0], s[0, 0], rtol=1e-5)  # clamped at the border
   cells = np.arange(4).reshape(2, 2)
-  np.testing.assert_array_equal(seg.nearest_cells(cells, (3, 4)), [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3]])
+  np.testing.assert_array_equal(metrics.nearest_cells(cells, (3, 4)), [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3]])
 
 
 def test_tiny_run_and_restore(tmp_path):
@@ -158,7 +160,7 @@ def test_tiny_run_and_restore(tmp_path):
   for key in ("mean_ap", "miou", "pixel_acc", "miou_prior", "logistic"):
     assert key in m
   assert m["num_targets"] == 6 * 6 * 5 and m["n_train_augmented"] == 24
-  assert set(m["ap_per_class"]) == set(cfg.synthetic.CLASSES)
+  assert set(m["ap_per_class"]) == set(synthetic.CLASSES)
   assert os.path.exists(tmp_path / "a" / "segmentation_probabilities.png")
   c.restore = str(tmp_path / "a" / "checkpoint")
   m2 = experiment.run(c, str(tmp_path / "b"))

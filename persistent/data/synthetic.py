@@ -3,7 +3,7 @@
 Each image shows one to three objects (disk, square, triangle, cross) of random colour, position,
 size and rotation on a two-colour gradient background with mild texture, so that colour, layout
 and class vary enough for probing to be meaningful. Every example carries its ground truth:
-`label` (H, W) class map (0 = background), `objects` (class, colour, centre, size, angle, box,
+`label` (H, W) class map (0 = background), `classes` (their names), `objects` (class, colour, centre, size, angle, box,
 keypoints with visibility) and scalar `attributes` of the first object. Example i depends only on
 (seed, i), so sources of any length agree on their common prefix.
 """
@@ -86,7 +86,7 @@ def render(seed: int, index: int, size: int = 96, max_objects: int = 3) -> data.
   attributes = {"x": first["centre"][0] / size, "y": first["centre"][1] / size,
                 "radius": first["radius"] / size, "red": first["colour"][0],
                 "green": first["colour"][1], "blue": first["colour"][2]}
-  return {"image": np.asarray(image), "label": np.asarray(label), "objects": objects,
+  return {"image": np.asarray(image), "label": np.asarray(label), "classes": CLASSES, "objects": objects,
           "attributes": attributes, "id": f"synthetic:{seed}:{index}"}
 
 

@@ -1,9 +1,11 @@
-"""Landmark layouts, look-back groups, face and group boxes, and crop coordinate frames.
+"""Boxes, crops and the crop coordinate frame shared by every task, and landmark layouts.
 
-Points are 0-based pixel coordinates (N.., L, 2) as the face sources give them; boxes are
-(x0, y0, x1, y1) in the pixel-corner convention of `images.crop_resize` (a point p lies at p + 0.5
-in that convention). Crop-frame coordinates are in units of the box: (0, 0) its top-left corner,
-(1, 1) its bottom-right one, so targets do not depend on the crop's pixel size.
+One convention everywhere: points are 0-based pixel-centre coordinates (N.., L, 2), the centre of
+pixel (row i, column j) at (j, i), as every annotation source delivers them; boxes are
+(x0, y0, x1, y1) in the pixel-corner convention of `images.crop_resize` (pixel (i, j) covers
+[j, j+1) x [i, i+1), so a point p lies at p + 0.5 in box coordinates). Crop-frame coordinates are
+in units of the box: (0, 0) its top-left corner, (1, 1) its bottom-right one, so targets do not
+depend on the crop's pixel size.
 """
 from __future__ import annotations
 
@@ -116,11 +118,13 @@ def from_crop(coords: np.ndarray, boxes: np.ndarray) -> np.ndarray:
   return np.asarray(coords, np.float64) * side + boxes[:, None, :2] - 0.5
 
 
+def context_boxes(boxes: np.ndarray, context: float) -> np.ndarray:
+  """Boxes (N, 4) widened by `context` times their width and height on every side."""
+  boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+  pad = (boxes[:, 2:] - boxes[:, :2]) * context
+  return np.concatenate([boxes[:, :2] - pad, boxes[:, 2:] + pad], 1)
+
+
 def group_boxes(pred: np.ndarray, pad: np.ndarray | float) -> np.ndarray:
   """Look-back boxes (N, 4) around predicted group points (N, Lg, 2), padded by pad pixels."""
   return square_box(pred.min(1), pred.max(1), pad)
-
-
-def box_in_image(box: np.ndarray, width: int, height: int) -> np.ndarray:
-  """Clips a box (x0, y0, x1, y1) for display."""
-  return np.array([max(box[0], 0), max(box[1], 0), min(box[2], width), min(box[3], height)])

@@ -1,4 +1,5 @@
-"""Figure helpers (matplotlib, Agg): paper-style image grids and curves saved as PNG."""
+"""Paper-style figures (matplotlib, Agg) saved as PNG: `save` and image pairs (Fig. 4) here, one
+module per task beside it (landmarks, keypoints, segmentation, directions)."""
 from __future__ import annotations
 
 import os

@@ -1,0 +1,37 @@
+"""Sources of box crops of another source's examples: face boxes, object boxes, look-back boxes."""
+from __future__ import annotations
+
+import functools
+import hashlib
+from typing import Any, Sequence
+
+import numpy as np
+
+from persistent import data
+from persistent.data import images as image_lib
+
+
+def crop_source(source: data.Source, parents: Sequence[int], boxes: np.ndarray, size: tuple[int, int],
+                name: str, extra: Sequence[dict[str, Any]] | None = None) -> data.Source:
+  """Example i is box boxes[i] (x0, y0, x1, y1, pixel corners) of example parents[i], resized to
+  `size`, with the parent's annotations, `box`, `parent` and the fields of extra[i].
+
+  The spec digests every box (to 1e-3 px), so the feature cache tells crops apart. Recently
+  decoded parents are reused, so crops of one parent should be consecutive.
+  """
+  parents = np.asarray(parents, np.int64)
+  boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+  if len(parents) != len(boxes) or (extra is not None and len(extra) != len(parents)):
+    raise ValueError(f"crops {name!r}: {len(parents)} parents, {len(boxes)} boxes"
+                     + (f", {len(extra)} extra records" if extra is not None else ""))
+  digest = hashlib.sha1(repr((parents.tolist(), np.round(boxes, 3).tolist(), size, extra)).encode()).hexdigest()[:16]
+  ids = [f"{source.ids[int(p)]}#{name}:{i}" for i, p in enumerate(parents)]
+
+  parent = functools.lru_cache(maxsize=32)(lambda p: source[p])
+
+  def load(i: int) -> data.Example:
+    ex = parent(int(parents[i]))
+    crop = image_lib.crop_resize(ex["image"], boxes[i], size)
+    return {**ex, **(extra[i] if extra is not None else {}), "image": crop, "box": boxes[i].copy(),
+            "parent": int(parents[i]), "id": ids[i]}
+  return data.Source(f"{source.spec}|crops:v1,{name},size={size[0]}x{size[1]},{digest}", ids, load)
