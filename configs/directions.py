@@ -10,30 +10,32 @@
 Variants: '' (synthetic scenes of one object: directions for its red, green, blue and radius;
 EfficientNet-Lite0 head), 'lfw' (LFW with Kumar et al.'s attributes: Male, Eyeglasses; AlexNet fc6),
 'celeba' (tfds:celeb_a: Male, Eyeglasses and the pose proxies yaw and roll from the five landmarks;
-AlexNet fc6). `directions.steps` are in standard deviations of the training features' projections
-onto each direction.
+AlexNet fc6), 'tiny' (a seconds-long smoke run). `directions.steps` are in standard deviations of
+the training features' projections onto each direction.
 """
 from persistent import config_lib
 
 
 def get_config(arg: str | None = None):
+  name, _ = config_lib.variant(arg, "configs/directions.py", {"lfw": "", "celeba": "", "tiny": ""})
   c = config_lib.base("directions")
   c.directions = dict(attributes=("red", "green", "blue", "radius"), steps=(-3.0, -1.5, 0.0, 1.5, 3.0),
                       size=46, readout_size=12, renormalize=False, num_examples=64)
   c.num_figure_examples = 2
   # One object per scene, so that its colour, position and size are the scene's attributes.
   c.data.train, c.data.test = "synthetic:n=1200,seed=0,max_objects=1", "synthetic:n=200,seed=1,max_objects=1"
-  if arg in ("lfw", "celeba"):
+  if name in ("lfw", "celeba"):
     c.backbone.name, c.backbone.layer = "alexnet", "fc6"
     c.batch_size = 128
-  if arg == "lfw":
+  if name == "lfw":
     c.data.train = "lfw_attributes:lfw,lfw_attributes.txt[:-200]"  # LFW_DIR,ATTR_FILE
     c.data.test = "lfw_attributes:lfw,lfw_attributes.txt[-200:]"
     c.directions.attributes = ("Male", "Eyeglasses")
-  elif arg == "celeba":
+  elif name == "celeba":
     c.data.train = "tfds:celeb_a:train[:20000]"
     c.data.test = "tfds:celeb_a:test[:200]"
     c.directions.attributes = ("Male", "Eyeglasses", "yaw", "roll")
-  elif arg:
-    raise ValueError(f"unknown variant {arg!r} of configs/directions.py; variants: lfw, celeba")
+  elif name == "tiny":
+    config_lib.tiny(c, "synthetic:n=32,size=32,max_objects=1", "synthetic:n=4,size=32,seed=1,max_objects=1")
+    c.directions.attributes, c.directions.size, c.directions.readout_size = ("red", "radius"), 8, 6
   return c

@@ -1,7 +1,7 @@
 """Facial landmarks with baselines and look-back (the paper's Table 1, Fig. 2a, Fig. 3).
 
   python launch.py --config=configs/landmarks.py              # offline: synthetic cartoon faces
-  python launch.py --config=configs/landmarks.py:300w         # ../shared/data/faces300w, 20% held out
+  python launch.py --config=configs/landmarks.py:300w=DIR,DIR  # 300-W folders, a seeded 20% held out
   python launch.py --config=configs/landmarks.py:paper \\
       --config.backbone.weights=bvlc_alexnet.caffemodel \\
       --config.data.train=helen:HELEN/trainset,HELEN/annotation \\
@@ -10,14 +10,16 @@
 Other data: --config.data.train=300w:DIR[,DIR...] --config.data.test=300w:DIR (an empty test
 source holds out landmarks.holdout of the training faces, seeded by config.seed).
 
-Variants: '' (synthetic_faces, EfficientNet-Lite0 head_grid3), '300w' (helen_train + afw of the shared
-300-W subset, a seeded 20% of the faces held out for testing), 'paper' (AlexNet fc6, like the
-paper; point the data at Helen's 194-point annotation), 'tiny' (a seconds-long smoke run).
+Variants: '' (synthetic_faces, EfficientNet-Lite0 head_grid3), '300w=DIR,...' (300-W folders of
+images with .pts files, a seeded 20% of the faces held out for testing; the development data:
+300w=../shared/data/faces300w/helen_train,../shared/data/faces300w/afw), 'paper' (AlexNet fc6,
+like the paper; point the data at Helen's 194-point annotation), 'tiny' (a seconds-long smoke run).
 """
 from persistent import config_lib
 
 
 def get_config(arg: str | None = None):
+  name, values = config_lib.variant(arg, "configs/landmarks.py", {"300w": "DIR,...", "paper": "", "tiny": ""})
   c = config_lib.base("landmarks")
   # A 3x3 grid of the head map keeps where things are; the global average 'head' loses most of it
   # (on the 300w variant: ConvNet + ridge 0.174 with 'head' vs 0.107 with 'head_grid3').
@@ -38,22 +40,13 @@ def get_config(arg: str | None = None):
       holdout=0.2,  # used only when data.test is empty
       ced_max=0.2,  # x range of the CED figure
   )
-  if arg == "300w":
-    root = "../shared/data/faces300w"
-    c.data.train = f"300w:{root}/helen_train,{root}/afw"
-    c.data.test = ""
-  elif arg == "paper":
+  if name == "300w":
+    c.data.train, c.data.test = "300w:" + ",".join(values), ""
+  elif name == "paper":
     c.backbone.name, c.backbone.layer = "alexnet", "fc6"
     c.data.train = "helen:HELEN/trainset,HELEN/annotation"
     c.data.test = "helen:HELEN/testset,HELEN/annotation"
-  elif arg == "tiny":
-    c.backbone.name, c.backbone.weights, c.backbone.layer = "alexnet", "random", "fc6"
-    c.data.train = "synthetic_faces:n=24,seed=0,size=64"
-    c.data.test = "synthetic_faces:n=6,seed=1,size=64"
-    c.landmarks.jitter_copies = 1
+  elif name == "tiny":
+    config_lib.tiny(c, "synthetic_faces:n=18,seed=0,size=64", "synthetic_faces:n=6,seed=1,size=64")
     c.ridge.num_folds = 3
-    c.batch_size = 8
-    c.num_figure_examples = 4
-  elif arg:
-    raise ValueError(f"unknown variant {arg!r} of configs/landmarks.py; variants: 300w, paper, tiny")
   return c

@@ -13,10 +13,18 @@ import json
 import os
 from typing import Any
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
 from persistent import ridge
+
+
+def _checkpointer() -> ocp.StandardCheckpointer:
+  """This process alone (several processes save or restore on their own, never in lockstep)."""
+  me = jax.process_index()
+  return ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+      primary_host=me, active_processes={me}))
 
 
 def save(directory: str, fits: dict[str, ridge.RidgeFit], metadata: dict[str, Any]) -> str:
@@ -24,7 +32,7 @@ def save(directory: str, fits: dict[str, ridge.RidgeFit], metadata: dict[str, An
   directory = os.path.abspath(directory)
   fields = [f.name for f in dataclasses.fields(ridge.RidgeFit)]
   tree = {name: {f: np.asarray(getattr(fit, f)) for f in fields} for name, fit in fits.items()}
-  with ocp.StandardCheckpointer() as ckpt:
+  with _checkpointer() as ckpt:
     ckpt.save(os.path.join(directory, "fits"), tree, force=True)
     ckpt.wait_until_finished()
   with open(os.path.join(directory, "metadata.json"), "w") as f:
@@ -48,7 +56,7 @@ def restore(path: str) -> tuple[dict[str, ridge.RidgeFit], dict[str, Any]]:
   directory = locate(path)
   with open(os.path.join(directory, "metadata.json")) as f:
     metadata = json.load(f)
-  with ocp.StandardCheckpointer() as ckpt:
+  with _checkpointer() as ckpt:
     tree = ckpt.restore(os.path.join(directory, "fits"))
   fits = {name: ridge.RidgeFit(**{k: np.asarray(v) for k, v in leaves.items()})
           for name, leaves in tree.items()}

@@ -8,6 +8,26 @@ import numpy as np
 DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-3, 3, 13))
 
 
+def variant(arg: str | None, config_file: str, known: dict[str, str]) -> tuple[str, list[str]]:
+  """'name' or 'name=A[,B...]' (a config file's argument) -> (name, [A, B, ...]).
+
+  `known` maps each variant name to its usage: '' for none, 'DIR' for one value, 'ANN,IMAGES' for
+  two, 'DIR,...' for one or more. An unknown name or a wrong number of values fails naming the
+  config file and its variants.
+  """
+  name, eq, value = (arg or "").partition("=")
+  usage = ", ".join(f"{k}={v}" if v else k for k, v in known.items())
+  if name and name not in known:
+    raise ValueError(f"unknown variant {name!r} of {config_file}; variants: {usage}")
+  values = [v for v in value.split(",") if v] if eq else []
+  wanted = known.get(name, "")
+  required = [u for u in wanted.split(",") if u and u != "..."]
+  if not (len(values) == len(required) or (wanted.endswith("...") and len(values) > len(required))):
+    raise ValueError(f"variant {name!r} of {config_file} takes " + (f"'{name}={wanted}'" if wanted else "no value")
+                     + f", got {arg!r}")
+  return name, values
+
+
 def base(task: str) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = task
@@ -32,4 +52,13 @@ def base(task: str) -> ml_collections.ConfigDict:
       coordinator_address="", num_processes=1, process_id=0, local_device_ids=""))
   c.restore = ""  # a previous run's workdir: predict with its probes instead of fitting
   c.num_figure_examples = 8
+  return c
+
+
+def tiny(c: ml_collections.ConfigDict, train: str, test: str) -> ml_collections.ConfigDict:
+  """The seconds-long smoke variant of a task: tiny data, EfficientNet-Lite0's pooled head."""
+  c.backbone.name, c.backbone.layer = "efficientnet_lite0", "head"
+  c.data.train, c.data.test = train, test
+  c.batch_size = 8
+  c.num_figure_examples = 2
   return c

@@ -36,14 +36,14 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
 
 @functools.lru_cache(maxsize=16)  # one compilation per (backbone, layer) for every pass
 def _flat_tap(backbone: Backbone, layer: str, normalize: bool):
-  tap = backbone.tap(layer)
+  tap = backbone.tap(layer)  # jitted with the parameters as arguments: wrapping it in another jit
+                             # would bake them in as constants (slow to compile, twice the memory)
 
   @jax.jit
-  def fn(images):
-    f = tap(images)
+  def post(f):
     f = f.reshape(f.shape[0], -1).astype(jnp.float32)
     return l2_normalize(f) if normalize else f
-  return fn
+  return lambda images: post(tap(images))
 
 
 @functools.lru_cache(maxsize=64)

@@ -269,8 +269,10 @@ class Pipeline:
 
   def save(self, workdir: str, fits: dict[str, ridge.RidgeFit], layout: dict[str, Any],
            state: dict[str, Any] | None = None) -> str:
-    """Writes workdir/checkpoint: the fits, the identity and the task's `state` (what prediction
-    needs besides the fits, e.g. a mean shape)."""
+    """Writes workdir/checkpoint (process 0 only): the fits, the identity and the task's `state`
+    (what prediction needs besides the fits, e.g. a mean shape)."""
+    if self.process:
+      return ""
     return checkpoint.save(os.path.join(workdir, "checkpoint"), fits,
                            {"identity": self.identity(layout), "state": state or {}})
 
@@ -444,7 +446,7 @@ def _allgather_objects(obj: Any) -> list[Any]:
   import pickle
   from jax.experimental import multihost_utils
   blob = np.frombuffer(pickle.dumps(obj), np.uint8)
-  sizes = np.asarray(multihost_utils.process_allgather(np.array([blob.size])))
+  sizes = np.asarray(multihost_utils.process_allgather(np.array([blob.size]))).reshape(-1)
   padded = np.zeros(int(sizes.max()), np.uint8)
   padded[:blob.size] = blob
   every = np.asarray(multihost_utils.process_allgather(padded))

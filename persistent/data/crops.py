@@ -16,15 +16,17 @@ def crop_source(source: data.Source, parents: Sequence[int], boxes: np.ndarray, 
   """Example i is box boxes[i] (x0, y0, x1, y1, pixel corners) of example parents[i], resized to
   `size`, with the parent's annotations, `box`, `parent` and the fields of extra[i].
 
-  The spec digests every box (to 1e-3 px), so the feature cache tells crops apart. Recently
-  decoded parents are reused, so crops of one parent should be consecutive.
+  Boxes are snapped to 1/64 px: float rounding in the estimates that place them (which differ in
+  the last bits between device layouts) then cannot change a crop's uint8 pixels, and the spec,
+  which digests every box, keys the feature cache by exactly the crops made. Recently decoded
+  parents are reused, so crops of one parent should be consecutive.
   """
   parents = np.asarray(parents, np.int64)
-  boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+  boxes = np.round(np.asarray(boxes, np.float64).reshape(-1, 4) * 64) / 64
   if len(parents) != len(boxes) or (extra is not None and len(extra) != len(parents)):
     raise ValueError(f"crops {name!r}: {len(parents)} parents, {len(boxes)} boxes"
                      + (f", {len(extra)} extra records" if extra is not None else ""))
-  digest = hashlib.sha1(repr((parents.tolist(), np.round(boxes, 3).tolist(), size, extra)).encode()).hexdigest()[:16]
+  digest = hashlib.sha1(repr((parents.tolist(), boxes.tolist(), size, extra)).encode()).hexdigest()[:16]
   ids = [f"{source.ids[int(p)]}#{name}:{i}" for i, p in enumerate(parents)]
 
   parent = functools.lru_cache(maxsize=32)(lambda p: source[p])
