@@ -116,7 +116,7 @@ def open_lfw_attributes(paths: list[str], **unused) -> data.Source:
     person, num, scores = rows[i]
     return {"image": images.read_image(files[i]), "id": files[i], "person": person, "imagenum": num,
             "attributes": dict(zip(names, scores.tolist()))}
-  stamp = data._digest([_file_digest(attr_file), len(files)])
+  stamp = data.digest([_file_digest(attr_file), len(files)])
   return data.Source(f"lfw_attributes:{lfw_dir},{attr_file}@{stamp}", files, load)
 
 
@@ -170,7 +170,7 @@ def open_attribute_table(paths: list[str], **unused) -> data.Source:
   def load(i: int) -> data.Example:
     return {"image": images.read_image(files[i]), "id": files[i],
             "attributes": dict(zip(names, table[keys[i]].tolist()))}
-  stamp = data._digest([_file_digest(table_path),
+  stamp = data.digest([_file_digest(table_path),
                         [(f, os.path.getsize(f)) for f in files]])
   return data.Source(f"attributes:{image_dir},{table_path}@{stamp}", files, load)
 

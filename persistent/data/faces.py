@@ -22,8 +22,12 @@ Options, given as `key=value` items among the paths (e.g. '300w:DIR,points=68,on
 
 Bad annotations: a `.pts` without image or an image without `.pts`, a malformed file, a point
 count other than `points` (or than its `n_points` header), non-finite coordinates, a degenerate
-face box, or a face box whose centre lies outside the image. All checks run when the source is
-opened (annotations and image headers only, no decoding), so a bad file fails before any work.
+face box, a face box whose centre lies outside the image, or an image whose header cannot be
+read. All checks run when the source is opened (annotations and image headers only), so a bad
+file fails before any work; with on_bad=skip, `data.open_source` then also decodes every image
+once and leaves out those that fail (see persistent/data/__init__.py).
+
+Images are read as stored, without EXIF rotation: the landmarks refer to the stored pixel grid.
 """
 from __future__ import annotations
 
@@ -32,17 +36,13 @@ import os
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from persistent import data
 from persistent.data import images
+from persistent.data.errors import BadAnnotation, DataError
 
 DEFAULTS_300W = {"points": 68, "on_bad": "raise"}
 DEFAULTS_HELEN = {"points": 194, "on_bad": "raise"}
-
-
-class BadAnnotation(ValueError):
-  """An annotation that cannot be used; the message names the file."""
 
 
 def parse_pts(path: str, num_points: int = 0) -> np.ndarray:
@@ -125,17 +125,6 @@ def check_face(landmarks: np.ndarray, image_size: tuple[int, int], where: str) -
                         f"{w}x{h} image")
 
 
-def image_size(path: str) -> tuple[int, int]:
-  """(width, height) from the image header only."""
-  try:
-    with Image.open(path) as im:
-      return im.size
-  except FileNotFoundError:
-    raise FileNotFoundError(f"image file not found: {path}") from None
-  except (OSError, ValueError, Image.DecompressionBombError) as e:
-    raise ValueError(f"cannot read image {path}: {e}") from None
-
-
 def _options(paths: list[str], defaults: dict[str, Any], spec: str,
              options: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
   dirs = [p for p in paths if "=" not in p]
@@ -144,7 +133,7 @@ def _options(paths: list[str], defaults: dict[str, Any], spec: str,
     if k not in defaults:
       raise ValueError(f"unknown option {k!r} for {spec!r}; options: {', '.join(defaults)}")
     opts[k] = type(defaults[k])(v)
-  if opts["on_bad"] not in ("raise", "skip"):
+  if opts["on_bad"] not in data.ON_BAD:
     raise ValueError(f"{spec}: on_bad must be 'raise' or 'skip', got {opts['on_bad']!r}")
   return dirs, opts
 
@@ -159,10 +148,10 @@ def _source(spec: str, fmt: str, dirs: list[str], faces: list[tuple[str, np.ndar
   marks = [pts for _, pts, _ in faces]
 
   def load(i: int) -> data.Example:
-    return {"image": images.read_image(ids[i]), "id": ids[i], "landmarks": marks[i].copy()}
-  stamp = data._digest([(img, os.path.getsize(img), ann, os.path.getsize(ann)) for img, _, ann in faces])
-  source = data.Source(f"{fmt}:{','.join(dirs)},points={opts['points']}@{stamp}", ids, load)
-  source.skipped = skipped  # type: ignore[attr-defined]
+    return {"image": images.read_image(ids[i], exif=False), "id": ids[i], "landmarks": marks[i].copy()}
+  stamp = data.digest([(img, os.path.getsize(img), ann, os.path.getsize(ann)) for img, _, ann in faces])
+  source = data.Source(f"{fmt}:{','.join(dirs)},points={opts['points']}@{stamp}", ids, load,
+                       skipped=skipped, on_bad=opts["on_bad"])
   source.landmarks = np.stack(marks) if len({m.shape for m in marks}) == 1 else marks  # type: ignore[attr-defined]
   return source
 
@@ -172,9 +161,9 @@ def _gather(pairs: list[tuple[str, str]], read, opts: dict[str, Any]):
   for img, ann in pairs:
     try:
       pts = read(ann)
-      check_face(pts, image_size(img), ann)
+      check_face(pts, images.image_size(img), ann)
       faces.append((img, pts, ann))
-    except BadAnnotation as e:
+    except DataError as e:
       if opts["on_bad"] == "raise":
         raise
       skipped.append(str(e))

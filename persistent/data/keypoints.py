@@ -62,7 +62,7 @@ def _records_source(spec: str, records: list[dict[str, Any]], image_path: Callab
   """A source over parsed object records; images are read on access."""
   def load(i: int) -> data.Example:
     r = records[i]
-    return {**r, "image": image_lib.read_image(image_path(r))}
+    return {**r, "image": image_lib.read_image(image_path(r), exif=False)}
   return data.Source(spec, [r["id"] for r in records], load)
 
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import io
 import logging
 import os
 import threading
@@ -50,6 +49,8 @@ from PIL import Image
 
 from persistent import data
 from persistent.data import attributes as attributes_lib
+from persistent.data import images
+from persistent.data.errors import BadImage
 
 DEFAULTS = {"data_dir": "", "download": 0, "order": "index"}
 CELEBA_LANDMARKS = ("lefteye", "righteye", "nose", "leftmouth", "rightmouth")
@@ -85,14 +86,22 @@ def parse(paths: list[str], spec: str) -> tuple[str, str | None, str, dict[str, 
 
 
 def decode_image(value: Any, where: str) -> np.ndarray:
-  """Encoded image bytes (or an already decoded array) -> uint8 RGB (H, W, 3)."""
-  if isinstance(value, np.ndarray) and value.dtype == np.uint8 and value.ndim == 3:
-    return value if value.shape[2] == 3 else np.repeat(value[..., :1], 3, axis=2)
-  try:
-    with Image.open(io.BytesIO(bytes(value))) as im:
-      return np.asarray(im.convert("RGB"))
-  except (OSError, ValueError, Image.DecompressionBombError) as e:
-    raise ValueError(f"cannot decode the image of {where}: {e}") from None
+  """Encoded image bytes, or an already decoded uint8 array (H, W, C) with C in 1..4 -> uint8 RGB.
+
+  Bytes follow the rules of persistent/data/images.py (modes, size limit; the stored pixel grid,
+  without EXIF rotation, as TFDS's own decoder gives it); arrays: grey is replicated and alpha
+  composited over white, as there.
+  """
+  if isinstance(value, np.ndarray) and value.dtype != object:
+    if value.dtype != np.uint8 or value.ndim != 3 or not 1 <= value.shape[2] <= 4:
+      raise BadImage(f"cannot decode the image of {where}: a decoded image must be uint8 (H, W, 1..4), "
+                     f"got {value.dtype} {value.shape}")
+    return images.to_rgb(Image.fromarray(value[..., 0] if value.shape[2] == 1 else value))
+  if isinstance(value, np.ndarray) and value.ndim == 0:
+    value = value.item()
+  if not isinstance(value, (bytes, bytearray, memoryview)):
+    raise BadImage(f"cannot decode the image of {where}: expected encoded bytes, got {type(value).__name__}")
+  return images.decode(bytes(value), where)
 
 
 def _py(value: Any) -> Any:
