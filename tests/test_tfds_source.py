@@ -112,3 +112,110 @@ def test_bad_specs_name_the_problem(mock):
     tfds_source.decode_image(b"not an image", "x")
   with pytest.raises(ValueError, match="no 'image' feature"):
     tfds_source.to_example("mnist_like", {"label": 3}, "x")
+
+
+# --- fuzzing the mapping from TFDS records to examples ------------------------------------------
+
+import time  # noqa: E402
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+from persistent.data import images as image_lib  # noqa: E402
+
+FUZZ = settings(deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+
+
+def _png(array):
+  import io
+  from PIL import Image
+  buf = io.BytesIO()
+  Image.fromarray(array).save(buf, "PNG")
+  return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def records():
+  """One real record (TFDS's numpy layout, image still encoded) per mapped dataset."""
+  out = {}
+  with tfds.testing.mock_data(num_examples=1, policy=tfds.testing.MockPolicy.USE_CODE):
+    for name, split in (("celeb_a", "train"), ("the300w_lp", "train"), ("imagenet2012", "validation")):
+      ds = tfds.data_source(name, split=split, decoders={"image": tfds.decode.SkipDecoding()})
+      out[name] = ds[0]
+  out["voc"] = {"image": _png(np.full((40, 60, 3), 7, np.uint8)), "image/filename": b"000005.jpg",
+                "labels": np.array([8, 14]),
+                "objects": {"bbox": np.array([[0.1, 0.2, 0.5, 1.0], [0.0, 0.0, 1.0, 0.5]], np.float32),
+                            "label": np.array([8, 14]), "pose": np.array([0, 1])}}
+  return out
+
+
+HOSTILE = [None, 7, -1, 1e300, float("nan"), "text", b"junk", b"", {}, {"a": 1}, [[1], [1, 2]],
+           np.zeros(0), np.array("s"), np.full(3, np.nan), np.zeros((68, 3), np.float32), np.zeros((2, 2), np.uint8),
+           np.zeros((2, 2, 5), np.uint8), np.ones((3, 4), np.float32), np.array(2 ** 40), np.array([True]),
+           _png(np.zeros((3, 3, 4), np.uint8)), _png(np.zeros((3, 3), np.uint16)), _png(np.zeros((2, 2, 3), np.uint8))[:-20]]
+
+
+def _paths(record, prefix=()):
+  for key, value in record.items():
+    yield prefix + (key,)
+    if isinstance(value, dict):
+      yield from _paths(value, prefix + (key,))
+
+
+def mutate_record(record, ops):
+  """A copy of a TFDS record with features deleted, replaced by hostile values, or cut short."""
+  record = {k: dict(v) if isinstance(v, dict) else v for k, v in record.items()}
+  for op, pick, value in ops:
+    paths = list(_paths(record))
+    if not paths:
+      break
+    *head, key = paths[pick % len(paths)]
+    parent = record
+    for k in head:
+      parent = parent[k]
+    if op == "delete":
+      del parent[key]
+    elif op == "replace":
+      parent[key] = value
+    elif isinstance(parent[key], np.ndarray) and parent[key].size:  # "cut": drop the last entry
+      parent[key] = parent[key].reshape(-1)[:-1]
+  return record
+
+
+@settings(FUZZ, max_examples=400)
+@given(st.sampled_from(["celeb_a", "the300w_lp", "imagenet2012", "voc"]),
+       st.lists(st.tuples(st.sampled_from(["delete", "replace", "replace", "cut"]), st.integers(0, 10 ** 6),
+                          st.sampled_from(HOSTILE)), min_size=1, max_size=3))
+def test_fuzzed_records_give_our_errors_naming_the_example(records, name, ops):
+  where = f"tfds:{name}:train:{len(ops)}"
+  start = time.perf_counter()
+  try:
+    ex = tfds_source.to_example(name, mutate_record(records[name], ops), where)
+    assert ex["image"].dtype == np.uint8 and ex["image"].ndim == 3 and ex["image"].shape[2] == 3
+  except data.DataError as e:
+    assert where in str(e)
+  assert time.perf_counter() - start < 3.0
+
+
+def test_the_fuzz_bases_map(records):
+  for name, record in records.items():
+    assert tfds_source.to_example(name, record, "x")["image"].dtype == np.uint8
+
+
+def test_regressions_found_by_fuzzing(records):
+  """Each of these raised a raw KeyError / TypeError / ValueError before (issue 17)."""
+  celeb = dict(records["celeb_a"], landmarks={"nose_x": 1})
+  with pytest.raises(data.BadAnnotation, match="r: no feature 'lefteye_x'"):
+    tfds_source.to_example("celeb_a", celeb, "r")
+  with pytest.raises(data.BadAnnotation, match="r: feature 'landmarks_2d' has shape"):
+    tfds_source.to_example("the300w_lp", dict(records["the300w_lp"], landmarks_2d=np.zeros(5)), "r")
+  with pytest.raises(data.BadAnnotation, match="r: feature 'objects/bbox' has shape"):
+    tfds_source.to_example("voc", dict(records["voc"], objects={"bbox": np.zeros(5), "label": np.zeros(1)}), "r")
+  with pytest.raises(data.BadAnnotation, match="r: expected a dict of features"):
+    tfds_source.to_example("voc", dict(records["voc"], objects=None), "r")
+  with pytest.raises(data.BadImage, match="r: a decoded image must be uint8"):
+    tfds_source.to_example("imagenet2012", dict(records["imagenet2012"], image=np.zeros((2, 2, 5), np.uint8)), "r")
+  # An RGBA record image was repeated from its first channel; it is composited like files now.
+  rgba = np.zeros((2, 2, 4), np.uint8)
+  rgba[..., 0], rgba[..., 3] = 200, 255
+  np.testing.assert_array_equal(tfds_source.decode_image(rgba, "r")[0, 0], [200, 0, 0])
+  assert image_lib.decode(_png(rgba), "r")[0, 0].tolist() == [200, 0, 0]

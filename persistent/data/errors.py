@@ -18,3 +18,22 @@ class BadImage(DataError):
 
 class BadAnnotation(DataError):
   """An annotation file, table row or dataset record that cannot be used."""
+
+
+def read_text(path: str, what: str) -> str:
+  """A UTF-8 text file (a leading byte-order mark is dropped); `what` names it in errors.
+
+  A missing file raises FileNotFoundError, an unreadable or non-UTF-8 one BadAnnotation.
+  """
+  try:
+    with open(path, "rb") as f:
+      raw = f.read()
+  except FileNotFoundError:
+    raise FileNotFoundError(f"{what} not found: {path}") from None
+  except OSError as e:
+    raise BadAnnotation(f"cannot read {what} {path}: {e.strerror or e}") from None
+  try:
+    return raw.decode("utf-8-sig")
+  except UnicodeDecodeError as e:
+    raise BadAnnotation(f"{path}: {what} is not UTF-8 text (byte {e.start} is "
+                        f"{raw[e.start:e.start + 1]!r})") from None

@@ -39,10 +39,11 @@ import numpy as np
 
 from persistent import data
 from persistent.data import images
-from persistent.data.errors import BadAnnotation, DataError
+from persistent.data.errors import BadAnnotation, DataError, read_text
 
 DEFAULTS_300W = {"points": 68, "on_bad": "raise"}
 DEFAULTS_HELEN = {"points": 194, "on_bad": "raise"}
+_COORD_MAX = 1e7  # pixels; beyond any image (and far inside float32)
 
 
 def parse_pts(path: str, num_points: int = 0) -> np.ndarray:
@@ -50,13 +51,7 @@ def parse_pts(path: str, num_points: int = 0) -> np.ndarray:
 
   Accepts the 300-W header form and plain "x y" lines; `num_points` > 0 enforces the count.
   """
-  try:
-    with open(path, encoding="utf-8", errors="strict") as f:
-      lines = [ln.strip() for ln in f.read().splitlines()]
-  except FileNotFoundError:
-    raise FileNotFoundError(f"landmark file not found: {path}") from None
-  except UnicodeDecodeError:
-    raise BadAnnotation(f"{path}: not a text .pts file") from None
+  lines = [ln.strip() for ln in read_text(path, "landmark file").splitlines()]
   lines = [ln for ln in lines if ln and not ln.startswith("#")]
   declared = None
   if lines and "{" in lines:
@@ -98,16 +93,16 @@ def _points(lines: list[str], path: str, num_points: int, form: str) -> np.ndarr
     raise BadAnnotation(f"{path}: expected {num_points} points, found {len(pts)}")
   if not len(pts):
     raise BadAnnotation(f"{path}: no points")
-  if not np.isfinite(pts).all():
-    bad = int(np.flatnonzero(~np.isfinite(pts).all(1))[0]) + 1
-    raise BadAnnotation(f"{path}: non-finite coordinate at point {bad}")
+  finite = (np.abs(pts) <= _COORD_MAX).all(1)  # also what would overflow float32
+  if not finite.all():
+    bad = int(np.flatnonzero(~finite)[0]) + 1
+    raise BadAnnotation(f"{path}: non-finite or huge coordinate at point {bad}")
   return pts.astype(np.float32)
 
 
 def parse_helen(path: str, num_points: int = 194) -> tuple[str, np.ndarray]:
   """Reads a Helen annotation file: (image name, (L, 2) float32 0-based coordinates)."""
-  with open(path, encoding="utf-8", errors="replace") as f:
-    lines = [ln.strip() for ln in f.read().splitlines() if ln.strip()]
+  lines = [ln.strip() for ln in read_text(path, "Helen annotation file").splitlines() if ln.strip()]
   if not lines:
     raise BadAnnotation(f"{path}: empty annotation file")
   return lines[0], _points(lines[1:], path, num_points, "x , y")
