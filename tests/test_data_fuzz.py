@@ -31,6 +31,7 @@ from persistent.data import attributes, faces, images, keypoints, segmentation
 
 sys.path.insert(0, os.path.dirname(__file__))
 import image_files as imf  # noqa: E402
+from fuzz_tools import byte_op, mutate_bytes, mutate_tree  # noqa: E402
 
 FUZZ = settings(deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 SLOW_SECONDS = 3.0  # one example may take this long at most (a hang fails the test)
@@ -56,27 +57,6 @@ def expect_clean(path: str, fn, *args) -> None:
 
 
 # --- mutations ---------------------------------------------------------------------------------
-
-_byte_op = st.tuples(st.sampled_from(["flip", "cut", "insert", "delete", "repeat"]), st.integers(0, 2 ** 20),
-                     st.binary(min_size=1, max_size=12))
-
-
-def mutate_bytes(content: bytes, ops) -> bytes:
-  buf = bytearray(content)
-  for op, at, payload in ops:
-    i = at % len(buf) if buf else 0
-    if op == "flip" and buf:
-      buf[i] ^= payload[0] | 1
-    elif op == "cut":
-      buf = buf[:i]
-    elif op == "insert":
-      buf[i:i] = payload
-    elif op == "delete":
-      buf[i:i + 4 * len(payload)] = b""
-    elif op == "repeat":
-      buf[i:i] = buf[i:i + 16 * len(payload)]
-  return bytes(buf)
-
 
 HOSTILE_TOKENS = ["", "nan", "NaN", "inf", "-inf", "1e39", "-1e39", "1e308", "-1", "0", "-0", "3.5e-300",
                   "99999999999999999999", "{", "}", ",", ";", "\t", " , ", "\x00", "é", "x", "1_0",
@@ -112,7 +92,7 @@ def mutate_tokens(text: str, ops) -> str:
 def file_content(base: str):
   """Strategy: the text `base` mutated by tokens, by bytes (as UTF-8), or both; or random bytes."""
   tokens = st.lists(_token_op, min_size=1, max_size=5)
-  nbytes = st.lists(_byte_op, min_size=1, max_size=4)
+  nbytes = st.lists(byte_op, min_size=1, max_size=4)
   return st.one_of(
       tokens.map(lambda ops: mutate_tokens(base, ops).encode("utf-8", "surrogatepass")),
       nbytes.map(lambda ops: mutate_bytes(base.encode(), ops)),
@@ -233,35 +213,16 @@ HOSTILE_VALUES = [None, True, False, "", "x", "../a.jpg", 0, -1, 1, 7, 2 ** 70, 
                   math.nan, math.inf, -math.inf, [], [1], [1, 2, 3, 4], ["a", "b"], [[1, 2]], {}, {"id": 7}]
 
 
-def _nodes(doc, path=()):
-  """Every (parent path, key) in a JSON document, depth first."""
-  items = doc.items() if isinstance(doc, dict) else enumerate(doc) if isinstance(doc, list) else ()
-  for key, value in items:
-    yield path, key
-    yield from _nodes(value, path + (key,))
-
-
 _json_op = st.tuples(st.sampled_from(["delete", "replace", "replace", "replace", "duplicate", "empty"]),
                      st.integers(0, 10 ** 6), st.sampled_from(HOSTILE_VALUES))
 
 
 def mutate_json(doc, ops):
-  doc = json.loads(json.dumps(doc))
+  """mutate_tree, and now and then a document that is not an object at all."""
   for op, pick, value in ops:
-    nodes = list(_nodes(doc))
-    if op == "empty" or not nodes:
+    if op == "empty":
       return {} if pick % 2 else value
-    path, key = nodes[pick % len(nodes)]
-    parent = doc
-    for p in path:
-      parent = parent[p]
-    if op == "delete":
-      del parent[key]
-    elif op == "replace":
-      parent[key] = value
-    elif isinstance(parent, list):
-      parent.insert(key, json.loads(json.dumps(parent[key])))
-  return doc
+  return mutate_tree(doc, ops)
 
 
 def _coco_pipeline(path: str, image_dir) -> list:
@@ -329,7 +290,7 @@ def mutate_png_chunks(content: bytes, ops) -> bytes:
 
 def png_content(base: bytes):
   """Strategy: the PNG `base` mutated as bytes or chunk by chunk."""
-  ops = st.lists(_byte_op, min_size=1, max_size=4)
+  ops = st.lists(byte_op, min_size=1, max_size=4)
   return st.one_of(ops.map(lambda o: mutate_bytes(base, o)), ops.map(lambda o: mutate_png_chunks(base, o)))
 
 
@@ -362,7 +323,7 @@ IMAGES = {
 
 def _image_content(name: str):
   base = IMAGES[name]
-  return png_content(base) if name.endswith(".png") else st.lists(_byte_op, min_size=1, max_size=4).map(
+  return png_content(base) if name.endswith(".png") else st.lists(byte_op, min_size=1, max_size=4).map(
       lambda ops: mutate_bytes(base, ops))
 
 

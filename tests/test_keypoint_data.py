@@ -15,14 +15,15 @@ NAMES = ["nose", "left_eye", "right_eye"]
 
 
 def _coco(tmp_path, annotations, images=None):
-  doc = {"images": images or [{"id": 7, "file_name": "a.jpg", "width": 50, "height": 40}],
-         "categories": [{"id": 1, "name": "person", "keypoints": NAMES}],
-         "annotations": annotations}
-  (tmp_path / "img").mkdir(exist_ok=True)
-  Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(tmp_path / "img" / "a.jpg")
-  path = tmp_path / "kp.json"
-  path.write_text(json.dumps(doc))
-  return f"coco_keypoints:{path},{tmp_path / 'img'}"
+  """A COCO source spec over one 50x40 image (id 7) and the given annotations."""
+  folder = tmp_path / "img"
+  folder.mkdir(exist_ok=True)
+  Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(folder / "a.jpg")
+  default = [{"id": 7, "file_name": "a.jpg", "width": 50, "height": 40}]
+  categories = [{"id": 1, "name": "person", "keypoints": NAMES}]
+  (tmp_path / "kp.json").write_text(json.dumps({"images": images or default, "categories": categories,
+                                                "annotations": annotations}))
+  return f"coco_keypoints:{tmp_path / 'kp.json'},{folder}"
 
 
 def _ann(aid, keypoints, **fields):

@@ -1,12 +1,21 @@
 """`tfds:` sources on TFDS's mocked datasets (tfds.testing.mock_data: random examples, no files)."""
+import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+from PIL import Image
 
 from persistent import data
+from persistent.data import images as image_lib
 from persistent.data import tfds_source
+
+sys.path.insert(0, os.path.dirname(__file__))
+from fuzz_tools import mutate_tree  # noqa: E402
+from image_files import encode  # noqa: E402
 
 tf = pytest.importorskip("tensorflow", reason="tfds.testing.mock_data needs TensorFlow "
                          "(pip install -r requirements-dev.txt)")
@@ -116,21 +125,11 @@ def test_bad_specs_name_the_problem(mock):
 
 # --- fuzzing the mapping from TFDS records to examples ------------------------------------------
 
-import time  # noqa: E402
-
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
-
-from persistent.data import images as image_lib  # noqa: E402
-
 FUZZ = settings(deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 
 
 def _png(array):
-  import io
-  from PIL import Image
-  buf = io.BytesIO()
-  Image.fromarray(array).save(buf, "PNG")
-  return buf.getvalue()
+  return encode(Image.fromarray(array), "PNG")
 
 
 @pytest.fixture(scope="module")
@@ -154,33 +153,6 @@ HOSTILE = [None, 7, -1, 1e300, float("nan"), "text", b"junk", b"", {}, {"a": 1},
            _png(np.zeros((3, 3, 4), np.uint8)), _png(np.zeros((3, 3), np.uint16)), _png(np.zeros((2, 2, 3), np.uint8))[:-20]]
 
 
-def _paths(record, prefix=()):
-  for key, value in record.items():
-    yield prefix + (key,)
-    if isinstance(value, dict):
-      yield from _paths(value, prefix + (key,))
-
-
-def mutate_record(record, ops):
-  """A copy of a TFDS record with features deleted, replaced by hostile values, or cut short."""
-  record = {k: dict(v) if isinstance(v, dict) else v for k, v in record.items()}
-  for op, pick, value in ops:
-    paths = list(_paths(record))
-    if not paths:
-      break
-    *head, key = paths[pick % len(paths)]
-    parent = record
-    for k in head:
-      parent = parent[k]
-    if op == "delete":
-      del parent[key]
-    elif op == "replace":
-      parent[key] = value
-    elif isinstance(parent[key], np.ndarray) and parent[key].size:  # "cut": drop the last entry
-      parent[key] = parent[key].reshape(-1)[:-1]
-  return record
-
-
 @settings(FUZZ, max_examples=400)
 @given(st.sampled_from(["celeb_a", "the300w_lp", "imagenet2012", "voc"]),
        st.lists(st.tuples(st.sampled_from(["delete", "replace", "replace", "cut"]), st.integers(0, 10 ** 6),
@@ -189,7 +161,7 @@ def test_fuzzed_records_give_our_errors_naming_the_example(records, name, ops):
   where = f"tfds:{name}:train:{len(ops)}"
   start = time.perf_counter()
   try:
-    ex = tfds_source.to_example(name, mutate_record(records[name], ops), where)
+    ex = tfds_source.to_example(name, mutate_tree(records[name], ops), where)
     assert ex["image"].dtype == np.uint8 and ex["image"].ndim == 3 and ex["image"].shape[2] == 3
   except data.DataError as e:
     assert where in str(e)
