@@ -17,8 +17,10 @@ face whose first line is the image's name (without extension) and whose 194 furt
 Options, given as `key=value` items among the paths (e.g. '300w:DIR,points=68,on_bad=skip'):
   points   the required number of landmarks (68 for 300w, 194 for helen; 0: the most common
            count, faces with another count are bad).
-  on_bad   'raise' (default): a bad annotation raises ValueError naming the file; 'skip': bad faces
-           are dropped, counted and logged with their files (`source.skipped` lists them).
+  on_bad   'raise' (default): a bad annotation raises BadAnnotation (a ValueError) naming the
+           file; 'skip': bad faces are dropped, counted and logged with their files, and so are
+           faces whose image fails to decode (`source.skipped` lists them). The same as
+           `data.open_source(spec, on_bad='skip')`.
 
 Bad annotations: a `.pts` without image or an image without `.pts`, a malformed file, a point
 count other than `points` (or than its `n_points` header), non-finite coordinates, a degenerate

@@ -25,7 +25,7 @@ import os
 import numpy as np
 from persistent import data
 from persistent.data import images as image_lib
-from persistent.data.errors import BadAnnotation
+from persistent.data.errors import BadAnnotation, read_text
 
 VOID = 255
 
@@ -89,8 +89,7 @@ def open_voc_seg(paths: list[str], **unused) -> data.Source:
   if not os.path.isfile(list_file):
     raise FileNotFoundError(f"voc_seg: no split list {list_file} (is {root} a VOC2012 folder, with "
                             "JPEGImages/, SegmentationClass/ and ImageSets/Segmentation/?)")
-  with open(list_file) as f:
-    ids = [line.split()[0] for line in f if line.strip()]
+  ids = [line.split()[0] for line in read_text(list_file, "split list").splitlines() if line.strip()]
   if not ids:
     raise ValueError(f"voc_seg: split list {list_file} is empty")
 
