@@ -33,6 +33,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 import image_files as imf  # noqa: E402
 from fuzz_tools import byte_op, mutate_bytes, mutate_tree  # noqa: E402
 
+# Pillow warns about the corrupt TIFF/EXIF blocks and huge headers the mutations make; expected.
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning:PIL"),
+              pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")]
 FUZZ = settings(deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 SLOW_SECONDS = 3.0  # one example may take this long at most (a hang fails the test)
 
