@@ -153,6 +153,7 @@ HOSTILE = [None, 7, -1, 1e300, float("nan"), "text", b"junk", b"", {}, {"a": 1},
            _png(np.zeros((3, 3, 4), np.uint8)), _png(np.zeros((3, 3), np.uint16)), _png(np.zeros((2, 2, 3), np.uint8))[:-20]]
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # numpy's overflow warnings: values gone inf
 @settings(FUZZ, max_examples=400)
 @given(st.sampled_from(["celeb_a", "the300w_lp", "imagenet2012", "voc"]),
        st.lists(st.tuples(st.sampled_from(["delete", "replace", "replace", "cut"]), st.integers(0, 10 ** 6),
@@ -178,6 +179,9 @@ def test_regressions_found_by_fuzzing(records):
   celeb = dict(records["celeb_a"], landmarks={"nose_x": 1})
   with pytest.raises(data.BadAnnotation, match="r: no feature 'lefteye_x'"):
     tfds_source.to_example("celeb_a", celeb, "r")
+  huge = dict(records["celeb_a"], landmarks=dict(records["celeb_a"]["landmarks"], nose_x=np.float64(1e300)))
+  with pytest.raises(data.BadAnnotation, match="r: feature 'landmarks/nose_x' holds non-finite or huge"):
+    tfds_source.to_example("celeb_a", huge, "r")  # was inf in the float32 landmarks (a warning)
   with pytest.raises(data.BadAnnotation, match="r: feature 'landmarks_2d' has shape"):
     tfds_source.to_example("the300w_lp", dict(records["the300w_lp"], landmarks_2d=np.zeros(5)), "r")
   with pytest.raises(data.BadAnnotation, match="r: feature 'objects/bbox' has shape"):

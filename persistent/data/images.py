@@ -98,8 +98,9 @@ def load(source: str | bytes, convert: Callable[[Image.Image], np.ndarray], *, w
   """Opens a file path or encoded bytes, checks format and size, loads and applies `convert`.
 
   Every failure of the decoder or of `convert` becomes BadImage naming `where` (default: the
-  path), except the DataErrors `convert` raises itself; a missing file raises FileNotFoundError. Only the first frame is loaded; with
-  `header_only` nothing is decoded (`convert` sees the opened image).
+  path), except the DataErrors `convert` raises itself; a missing file raises FileNotFoundError.
+  Only the first frame is loaded; with `header_only` nothing is decoded (`convert` sees the
+  opened image).
   """
   where = where or (source if isinstance(source, str) else "<bytes>")
   limit = max_pixels()

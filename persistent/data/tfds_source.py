@@ -54,6 +54,7 @@ from persistent.data.errors import BadAnnotation, BadImage
 
 DEFAULTS = {"data_dir": "", "download": 0, "order": "index"}
 CELEBA_LANDMARKS = ("lefteye", "righteye", "nose", "leftmouth", "rightmouth")
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @functools.cache
@@ -132,8 +133,8 @@ def _numbers(value: Any, where: str, key: str, shape: tuple[int | None, ...]) ->
   if arr.ndim != len(shape) or any(n is not None and n != m for n, m in zip(shape, arr.shape)):
     want = "x".join("n" if n is None else str(n) for n in shape) or "a scalar"
     raise BadAnnotation(f"{where}: feature {key!r} has shape {arr.shape}, expected {want}")
-  if not np.isfinite(arr).all():
-    raise BadAnnotation(f"{where}: feature {key!r} holds non-finite values")
+  if not (np.abs(arr) <= _FLOAT32_MAX).all():  # NaN, inf, or what float32 would make inf
+    raise BadAnnotation(f"{where}: feature {key!r} holds non-finite or huge values")
   return arr
 
 
