@@ -7,7 +7,7 @@ deletions, repeats; invalid UTF-8 included), tokens (a number or word replaced b
 nan, inf, 1e39, -1, empty, a brace, a NUL, a non-ASCII letter; lines deleted, repeated, swapped)
 and, for COCO JSON, structure (a field deleted or given a value of another type or a hostile
 number). Every reader runs on each example with the checks that follow it when a source is
-opened. About 3,000 examples in all, sized for CI (~15 s on two cores).
+opened. 2,400 examples in all, sized for CI (15-50 s on two shared cores).
 """
 from __future__ import annotations
 
