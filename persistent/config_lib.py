@@ -35,8 +35,10 @@ def base(task: str) -> ml_collections.ConfigDict:
   c.backbone = ml_collections.ConfigDict(dict(
       name="efficientnet_lite0", weights=ml_collections.FieldReference(None, field_type=str),
       layer="head", dtype="float32", prototxt=""))
+  # on_bad: 'raise' (a bad image or annotation stops the run, naming the file and its index) or
+  # 'skip' (bad examples are left out when a source is opened, and listed; persistent/data).
   c.data = ml_collections.ConfigDict(dict(train="synthetic:n=1200,seed=0",
-                                          test="synthetic:n=200,seed=1", workers=0))
+                                          test="synthetic:n=200,seed=1", workers=0, on_bad="raise"))
   c.batch_size = 32
   c.features = ml_collections.ConfigDict(dict(normalize=True, cache_dir="~/.cache/persistent/features"))
   c.ridge = ml_collections.ConfigDict(dict(alphas=DEFAULT_ALPHAS, num_folds=4, per_target=True,

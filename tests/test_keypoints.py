@@ -112,8 +112,8 @@ def test_coco_keypoints_bad_files(tmp_path):
   good = {"id": 1, "image_id": 7, "category_id": 1, "bbox": [2, 3, 10, 20], "keypoints": [4, 5, 2] * 3}
   with pytest.raises(ValueError, match=r"kp.json: annotation 1 has 6 keypoint values"):
     data.open_source("coco_keypoints:" + _coco(tmp_path, [{**good, "keypoints": [1, 2, 2, 3, 4, 2]}]))
-  with pytest.raises(ValueError, match=r"kp.json: annotation 1 lacks the field 'bbox'"):
-    data.open_source("coco_keypoints:" + _coco(tmp_path, [{k: v for k, v in good.items() if k != "bbox"}]))
+  with pytest.raises(ValueError, match=r"kp.json: annotation 1 lacks the field 'keypoints'"):
+    data.open_source("coco_keypoints:" + _coco(tmp_path, [{k: v for k, v in good.items() if k != "keypoints"}]))
   with pytest.raises(ValueError, match=r"kp.json: annotation 1 has unknown image_id 8"):
     data.open_source("coco_keypoints:" + _coco(tmp_path, [{**good, "image_id": 8}]))
   (tmp_path / "kp.json").write_text("{")

@@ -1,12 +1,21 @@
 """`tfds:` sources on TFDS's mocked datasets (tfds.testing.mock_data: random examples, no files)."""
+import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+from PIL import Image
 
 from persistent import data
+from persistent.data import images as image_lib
 from persistent.data import tfds_source
+
+sys.path.insert(0, os.path.dirname(__file__))
+from fuzz_tools import mutate_tree  # noqa: E402
+from image_files import encode  # noqa: E402
 
 tf = pytest.importorskip("tensorflow", reason="tfds.testing.mock_data needs TensorFlow "
                          "(pip install -r requirements-dev.txt)")
@@ -112,3 +121,77 @@ def test_bad_specs_name_the_problem(mock):
     tfds_source.decode_image(b"not an image", "x")
   with pytest.raises(ValueError, match="no 'image' feature"):
     tfds_source.to_example("mnist_like", {"label": 3}, "x")
+
+
+# --- fuzzing the mapping from TFDS records to examples ------------------------------------------
+
+FUZZ = settings(deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+
+
+def _png(array):
+  return encode(Image.fromarray(array), "PNG")
+
+
+@pytest.fixture(scope="module")
+def records():
+  """One real record (TFDS's numpy layout, image still encoded) per mapped dataset."""
+  out = {}
+  with tfds.testing.mock_data(num_examples=1, policy=tfds.testing.MockPolicy.USE_CODE):
+    for name, split in (("celeb_a", "train"), ("the300w_lp", "train"), ("imagenet2012", "validation")):
+      ds = tfds.data_source(name, split=split, decoders={"image": tfds.decode.SkipDecoding()})
+      out[name] = ds[0]
+  out["voc"] = {"image": _png(np.full((40, 60, 3), 7, np.uint8)), "image/filename": b"000005.jpg",
+                "labels": np.array([8, 14]),
+                "objects": {"bbox": np.array([[0.1, 0.2, 0.5, 1.0], [0.0, 0.0, 1.0, 0.5]], np.float32),
+                            "label": np.array([8, 14]), "pose": np.array([0, 1])}}
+  return out
+
+
+HOSTILE = [None, 7, -1, 1e300, float("nan"), "text", b"junk", b"", {}, {"a": 1}, [[1], [1, 2]],
+           np.zeros(0), np.array("s"), np.full(3, np.nan), np.zeros((68, 3), np.float32), np.zeros((2, 2), np.uint8),
+           np.zeros((2, 2, 5), np.uint8), np.ones((3, 4), np.float32), np.array(2 ** 40), np.array([True]),
+           _png(np.zeros((3, 3, 4), np.uint8)), _png(np.zeros((3, 3), np.uint16)), _png(np.zeros((2, 2, 3), np.uint8))[:-20]]
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # numpy's overflow warnings: values gone inf
+@settings(FUZZ, max_examples=400)
+@given(st.sampled_from(["celeb_a", "the300w_lp", "imagenet2012", "voc"]),
+       st.lists(st.tuples(st.sampled_from(["delete", "replace", "replace", "cut"]), st.integers(0, 10 ** 6),
+                          st.sampled_from(HOSTILE)), min_size=1, max_size=3))
+def test_fuzzed_records_give_our_errors_naming_the_example(records, name, ops):
+  where = f"tfds:{name}:train:{len(ops)}"
+  start = time.perf_counter()
+  try:
+    ex = tfds_source.to_example(name, mutate_tree(records[name], ops), where)
+    assert ex["image"].dtype == np.uint8 and ex["image"].ndim == 3 and ex["image"].shape[2] == 3
+  except data.DataError as e:
+    assert where in str(e)
+  assert time.perf_counter() - start < 3.0
+
+
+def test_the_fuzz_bases_map(records):
+  for name, record in records.items():
+    assert tfds_source.to_example(name, record, "x")["image"].dtype == np.uint8
+
+
+def test_regressions_found_by_fuzzing(records):
+  """Each of these raised a raw KeyError / TypeError / ValueError before (issue 17)."""
+  celeb = dict(records["celeb_a"], landmarks={"nose_x": 1})
+  with pytest.raises(data.BadAnnotation, match="r: no feature 'lefteye_x'"):
+    tfds_source.to_example("celeb_a", celeb, "r")
+  huge = dict(records["celeb_a"], landmarks=dict(records["celeb_a"]["landmarks"], nose_x=np.float64(1e300)))
+  with pytest.raises(data.BadAnnotation, match="r: feature 'landmarks/nose_x' holds non-finite or huge"):
+    tfds_source.to_example("celeb_a", huge, "r")  # was inf in the float32 landmarks (a warning)
+  with pytest.raises(data.BadAnnotation, match="r: feature 'landmarks_2d' has shape"):
+    tfds_source.to_example("the300w_lp", dict(records["the300w_lp"], landmarks_2d=np.zeros(5)), "r")
+  with pytest.raises(data.BadAnnotation, match="r: feature 'objects/bbox' has shape"):
+    tfds_source.to_example("voc", dict(records["voc"], objects={"bbox": np.zeros(5), "label": np.zeros(1)}), "r")
+  with pytest.raises(data.BadAnnotation, match="r: expected a dict of features"):
+    tfds_source.to_example("voc", dict(records["voc"], objects=None), "r")
+  with pytest.raises(data.BadImage, match="r: a decoded image must be uint8"):
+    tfds_source.to_example("imagenet2012", dict(records["imagenet2012"], image=np.zeros((2, 2, 5), np.uint8)), "r")
+  # An RGBA record image was repeated from its first channel; it is composited like files now.
+  rgba = np.zeros((2, 2, 4), np.uint8)
+  rgba[..., 0], rgba[..., 3] = 200, 255
+  np.testing.assert_array_equal(tfds_source.decode_image(rgba, "r")[0, 0], [200, 0, 0])
+  assert image_lib.decode(_png(rgba), "r")[0, 0].tolist() == [200, 0, 0]

@@ -17,6 +17,7 @@ and names the examples or attributes that are missing.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from typing import Sequence
@@ -25,9 +26,11 @@ import numpy as np
 
 from persistent import data
 from persistent.data import images
+from persistent.data.errors import BadAnnotation, read_text
 from persistent.data.imagefolder import list_images
 
 _SHOW = 5  # how many offending names an error message lists
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _names(items: Sequence[str], what: str) -> str:
@@ -46,9 +49,11 @@ def _float(value: str, path: str, line: int, column: str) -> float:
   try:
     v = float(value)
   except ValueError:
-    raise ValueError(f"{path}:{line}: attribute {column!r} is not a number: {value!r}") from None
+    raise BadAnnotation(f"{path}:{line}: attribute {column!r} is not a number: {value!r}") from None
   if not math.isfinite(v):
-    raise ValueError(f"{path}:{line}: attribute {column!r} is not finite: {value!r}")
+    raise BadAnnotation(f"{path}:{line}: attribute {column!r} is not finite: {value!r}")
+  if abs(v) > _FLOAT32_MAX:  # would become inf as float32
+    raise BadAnnotation(f"{path}:{line}: attribute {column!r} is out of the float32 range: {value!r}")
   return v
 
 
@@ -56,39 +61,36 @@ def _float(value: str, path: str, line: int, column: str) -> float:
 
 def read_lfw_attributes(path: str) -> tuple[list[str], list[tuple[str, int, np.ndarray]]]:
   """Parses lfw_attributes.txt -> (attribute names, [(person, imagenum, scores (k,))])."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"LFW attribute file not found: {path}")
-  with open(path, encoding="utf-8") as f:
-    lines = f.read().splitlines()
+  lines = read_text(path, "LFW attribute file").splitlines()
   header_at = next((i for i, line in enumerate(lines[:10]) if line.startswith("#")
                     and [c.strip() for c in line.lstrip("#").split("\t") if c.strip()][:2] == ["person", "imagenum"]),
                    None)
   if header_at is None:
-    raise ValueError(f"{path}: no header line '#<TAB>person<TAB>imagenum<TAB>...' among the first lines; "
-                     "is this the LFW attribute file of Kumar et al.?")
+    raise BadAnnotation(f"{path}: no header line '#<TAB>person<TAB>imagenum<TAB>...' among the first lines; "
+                        "is this the LFW attribute file of Kumar et al.?")
   columns = [c.strip() for c in lines[header_at].lstrip("#").split("\t") if c.strip()]
   names = columns[2:]
   if not names or len(set(names)) != len(names):
-    raise ValueError(f"{path}:{header_at + 1}: attribute names must be present and distinct")
+    raise BadAnnotation(f"{path}:{header_at + 1}: attribute names must be present and distinct")
   rows, seen = [], set()
   for lineno, line in enumerate(lines[header_at + 1:], header_at + 2):
     if not line.strip() or line.startswith("#"):
       continue
     fields = line.rstrip("\n").split("\t")
     if len(fields) != len(columns):
-      raise ValueError(f"{path}:{lineno}: {len(fields)} tab-separated fields, header has {len(columns)}")
+      raise BadAnnotation(f"{path}:{lineno}: {len(fields)} tab-separated fields, header has {len(columns)}")
     person = fields[0].strip()
     try:
       num = int(fields[1])
     except ValueError:
-      raise ValueError(f"{path}:{lineno}: imagenum {fields[1]!r} is not an integer") from None
+      raise BadAnnotation(f"{path}:{lineno}: imagenum {fields[1]!r} is not an integer") from None
     if (person, num) in seen:
-      raise ValueError(f"{path}:{lineno}: duplicate row for {person!r} image {num}")
+      raise BadAnnotation(f"{path}:{lineno}: duplicate row for {person!r} image {num}")
     seen.add((person, num))
     scores = np.array([_float(v, path, lineno, c) for v, c in zip(fields[2:], names)], np.float32)
     rows.append((person, num, scores))
   if not rows:
-    raise ValueError(f"{path}: no attribute rows")
+    raise BadAnnotation(f"{path}: no attribute rows")
   return names, rows
 
 
@@ -109,14 +111,14 @@ def open_lfw_attributes(paths: list[str], **unused) -> data.Source:
   files = [lfw_image_path(lfw_dir, p, n) for p, n, _ in rows]
   missing = [f for f in files if not os.path.isfile(f)]
   if missing:
-    raise ValueError(f"{attr_file}: attribute rows without an image under {lfw_dir}: "
-                     + _names([os.path.relpath(f, lfw_dir) for f in missing], "missing files"))
+    raise BadAnnotation(f"{attr_file}: attribute rows without an image under {lfw_dir}: "
+                        + _names([os.path.relpath(f, lfw_dir) for f in missing], "missing files"))
 
   def load(i: int) -> data.Example:
     person, num, scores = rows[i]
     return {"image": images.read_image(files[i]), "id": files[i], "person": person, "imagenum": num,
             "attributes": dict(zip(names, scores.tolist()))}
-  stamp = data._digest([_file_digest(attr_file), len(files)])
+  stamp = data.digest([_file_digest(attr_file), len(files)])
   return data.Source(f"lfw_attributes:{lfw_dir},{attr_file}@{stamp}", files, load)
 
 
@@ -124,30 +126,34 @@ def open_lfw_attributes(paths: list[str], **unused) -> data.Source:
 
 def read_table(path: str) -> tuple[list[str], dict[str, np.ndarray]]:
   """A CSV/TSV attribute table -> (attribute names, {first-column key: values (k,)})."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"attribute table not found: {path}")
-  with open(path, newline="", encoding="utf-8") as f:
-    text = f.read()
+  text = read_text(path, "attribute table")
   delimiter = "\t" if "\t" in text.partition("\n")[0] else ","
-  reader = csv.reader(text.splitlines(), delimiter=delimiter)
-  header = next(reader, None)
+  reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+  rows = []  # (line number, fields); a quoted field may span lines
+  try:
+    for fields in reader:
+      rows.append((reader.line_num, fields))
+  except csv.Error as e:
+    kind = "TSV" if delimiter == "\t" else "CSV"
+    raise BadAnnotation(f"{path}:{reader.line_num}: not a {kind} table: {e}") from None
+  header = rows[0][1] if rows else None
   if not header or len(header) < 2:
-    raise ValueError(f"{path}: needs a header line 'image{delimiter}attribute[{delimiter}...]'")
+    raise BadAnnotation(f"{path}: needs a header line 'image{delimiter}attribute[{delimiter}...]'")
   names = [h.strip() for h in header[1:]]
   if len(set(names)) != len(names) or not all(names):
-    raise ValueError(f"{path}:1: attribute names must be non-empty and distinct, got {names}")
+    raise BadAnnotation(f"{path}:1: attribute names must be non-empty and distinct, got {names}")
   table: dict[str, np.ndarray] = {}
-  for lineno, fields in enumerate(reader, 2):
+  for lineno, fields in rows[1:]:
     if not fields or not "".join(fields).strip():
       continue
     if len(fields) != len(header):
-      raise ValueError(f"{path}:{lineno}: {len(fields)} fields, header has {len(header)}")
+      raise BadAnnotation(f"{path}:{lineno}: {len(fields)} fields, header has {len(header)}")
     key = os.path.normpath(fields[0].strip())
     if key in table:
-      raise ValueError(f"{path}:{lineno}: duplicate row for {key!r}")
+      raise BadAnnotation(f"{path}:{lineno}: duplicate row for {key!r}")
     table[key] = np.array([_float(v, path, lineno, c) for v, c in zip(fields[1:], names)], np.float32)
   if not table:
-    raise ValueError(f"{path}: no attribute rows")
+    raise BadAnnotation(f"{path}: no attribute rows")
   return names, table
 
 
@@ -161,16 +167,16 @@ def open_attribute_table(paths: list[str], **unused) -> data.Source:
   keys = [os.path.normpath(os.path.relpath(f, image_dir)) for f in files]
   without = [k for k in keys if k not in table]
   if without:
-    raise ValueError(f"{table_path}: no attribute row for " + _names(without, f"images under {image_dir}"))
+    raise BadAnnotation(f"{table_path}: no attribute row for " + _names(without, f"images under {image_dir}"))
   orphans = sorted(set(table) - set(keys))
   if orphans:
-    raise ValueError(f"{table_path}: attribute rows without an image under {image_dir}: "
-                     + _names(orphans, "rows"))
+    raise BadAnnotation(f"{table_path}: attribute rows without an image under {image_dir}: "
+                        + _names(orphans, "rows"))
 
   def load(i: int) -> data.Example:
     return {"image": images.read_image(files[i]), "id": files[i],
             "attributes": dict(zip(names, table[keys[i]].tolist()))}
-  stamp = data._digest([_file_digest(table_path),
+  stamp = data.digest([_file_digest(table_path),
                         [(f, os.path.getsize(f)) for f in files]])
   return data.Source(f"attributes:{image_dir},{table_path}@{stamp}", files, load)
 

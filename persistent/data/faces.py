@@ -17,13 +17,19 @@ face whose first line is the image's name (without extension) and whose 194 furt
 Options, given as `key=value` items among the paths (e.g. '300w:DIR,points=68,on_bad=skip'):
   points   the required number of landmarks (68 for 300w, 194 for helen; 0: the most common
            count, faces with another count are bad).
-  on_bad   'raise' (default): a bad annotation raises ValueError naming the file; 'skip': bad faces
-           are dropped, counted and logged with their files (`source.skipped` lists them).
+  on_bad   'raise' (default): a bad annotation raises BadAnnotation (a ValueError) naming the
+           file; 'skip': bad faces are dropped, counted and logged with their files, and so are
+           faces whose image fails to decode (`source.skipped` lists them). The same as
+           `data.open_source(spec, on_bad='skip')`.
 
 Bad annotations: a `.pts` without image or an image without `.pts`, a malformed file, a point
 count other than `points` (or than its `n_points` header), non-finite coordinates, a degenerate
-face box, or a face box whose centre lies outside the image. All checks run when the source is
-opened (annotations and image headers only, no decoding), so a bad file fails before any work.
+face box, a face box whose centre lies outside the image, or an image whose header cannot be
+read. All checks run when the source is opened (annotations and image headers only), so a bad
+file fails before any work; with on_bad=skip, `data.open_source` then also decodes every image
+once and leaves out those that fail (see persistent/data/__init__.py).
+
+Images are read as stored, without EXIF rotation: the landmarks refer to the stored pixel grid.
 """
 from __future__ import annotations
 
@@ -32,17 +38,14 @@ import os
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from persistent import data
 from persistent.data import images
+from persistent.data.errors import BadAnnotation, DataError, read_text
 
 DEFAULTS_300W = {"points": 68, "on_bad": "raise"}
 DEFAULTS_HELEN = {"points": 194, "on_bad": "raise"}
-
-
-class BadAnnotation(ValueError):
-  """An annotation that cannot be used; the message names the file."""
+_COORD_MAX = 1e7  # pixels; beyond any image (and far inside float32)
 
 
 def parse_pts(path: str, num_points: int = 0) -> np.ndarray:
@@ -50,13 +53,7 @@ def parse_pts(path: str, num_points: int = 0) -> np.ndarray:
 
   Accepts the 300-W header form and plain "x y" lines; `num_points` > 0 enforces the count.
   """
-  try:
-    with open(path, encoding="utf-8", errors="strict") as f:
-      lines = [ln.strip() for ln in f.read().splitlines()]
-  except FileNotFoundError:
-    raise FileNotFoundError(f"landmark file not found: {path}") from None
-  except UnicodeDecodeError:
-    raise BadAnnotation(f"{path}: not a text .pts file") from None
+  lines = [ln.strip() for ln in read_text(path, "landmark file").splitlines()]
   lines = [ln for ln in lines if ln and not ln.startswith("#")]
   declared = None
   if lines and "{" in lines:
@@ -98,16 +95,16 @@ def _points(lines: list[str], path: str, num_points: int, form: str) -> np.ndarr
     raise BadAnnotation(f"{path}: expected {num_points} points, found {len(pts)}")
   if not len(pts):
     raise BadAnnotation(f"{path}: no points")
-  if not np.isfinite(pts).all():
-    bad = int(np.flatnonzero(~np.isfinite(pts).all(1))[0]) + 1
-    raise BadAnnotation(f"{path}: non-finite coordinate at point {bad}")
+  finite = (np.abs(pts) <= _COORD_MAX).all(1)  # also what would overflow float32
+  if not finite.all():
+    bad = int(np.flatnonzero(~finite)[0]) + 1
+    raise BadAnnotation(f"{path}: non-finite or huge coordinate at point {bad}")
   return pts.astype(np.float32)
 
 
 def parse_helen(path: str, num_points: int = 194) -> tuple[str, np.ndarray]:
   """Reads a Helen annotation file: (image name, (L, 2) float32 0-based coordinates)."""
-  with open(path, encoding="utf-8", errors="replace") as f:
-    lines = [ln.strip() for ln in f.read().splitlines() if ln.strip()]
+  lines = [ln.strip() for ln in read_text(path, "Helen annotation file").splitlines() if ln.strip()]
   if not lines:
     raise BadAnnotation(f"{path}: empty annotation file")
   return lines[0], _points(lines[1:], path, num_points, "x , y")
@@ -125,17 +122,6 @@ def check_face(landmarks: np.ndarray, image_size: tuple[int, int], where: str) -
                         f"{w}x{h} image")
 
 
-def image_size(path: str) -> tuple[int, int]:
-  """(width, height) from the image header only."""
-  try:
-    with Image.open(path) as im:
-      return im.size
-  except FileNotFoundError:
-    raise FileNotFoundError(f"image file not found: {path}") from None
-  except (OSError, ValueError, Image.DecompressionBombError) as e:
-    raise ValueError(f"cannot read image {path}: {e}") from None
-
-
 def _options(paths: list[str], defaults: dict[str, Any], spec: str,
              options: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
   dirs = [p for p in paths if "=" not in p]
@@ -144,7 +130,7 @@ def _options(paths: list[str], defaults: dict[str, Any], spec: str,
     if k not in defaults:
       raise ValueError(f"unknown option {k!r} for {spec!r}; options: {', '.join(defaults)}")
     opts[k] = type(defaults[k])(v)
-  if opts["on_bad"] not in ("raise", "skip"):
+  if opts["on_bad"] not in data.ON_BAD:
     raise ValueError(f"{spec}: on_bad must be 'raise' or 'skip', got {opts['on_bad']!r}")
   return dirs, opts
 
@@ -159,10 +145,10 @@ def _source(spec: str, fmt: str, dirs: list[str], faces: list[tuple[str, np.ndar
   marks = [pts for _, pts, _ in faces]
 
   def load(i: int) -> data.Example:
-    return {"image": images.read_image(ids[i]), "id": ids[i], "landmarks": marks[i].copy()}
-  stamp = data._digest([(img, os.path.getsize(img), ann, os.path.getsize(ann)) for img, _, ann in faces])
-  source = data.Source(f"{fmt}:{','.join(dirs)},points={opts['points']}@{stamp}", ids, load)
-  source.skipped = skipped  # type: ignore[attr-defined]
+    return {"image": images.read_image(ids[i], exif=False), "id": ids[i], "landmarks": marks[i].copy()}
+  stamp = data.digest([(img, os.path.getsize(img), ann, os.path.getsize(ann)) for img, _, ann in faces])
+  source = data.Source(f"{fmt}:{','.join(dirs)},points={opts['points']}@{stamp}", ids, load,
+                       skipped=skipped, on_bad=opts["on_bad"])
   source.landmarks = np.stack(marks) if len({m.shape for m in marks}) == 1 else marks  # type: ignore[attr-defined]
   return source
 
@@ -172,9 +158,9 @@ def _gather(pairs: list[tuple[str, str]], read, opts: dict[str, Any]):
   for img, ann in pairs:
     try:
       pts = read(ann)
-      check_face(pts, image_size(img), ann)
+      check_face(pts, images.image_size(img), ann)
       faces.append((img, pts, ann))
-    except BadAnnotation as e:
+    except DataError as e:
       if opts["on_bad"] == "raise":
         raise
       skipped.append(str(e))

@@ -27,5 +27,5 @@ def open_imagefolder(paths: list[str], **unused) -> data.Source:
 
   def load(i: int) -> data.Example:
     return {"image": images.read_image(files[i]), "id": files[i]}
-  stamp = data._digest([(f, os.path.getsize(f)) for f in files])
+  stamp = data.digest([(f, os.path.getsize(f)) for f in files])
   return data.Source(f"imagefolder:{','.join(paths)}@{stamp}", files, load)

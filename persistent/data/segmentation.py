@@ -12,18 +12,20 @@ pixels that are not scored), `classes` (the class names; ids index this tuple) a
   as grey-level PNGs of the same stem in the sibling folder `DIR + 'annot'` (`train` ->
   `trainannot`); ids 0..10 are the 11 classes and 11 is void (mapped to 255 here).
 
-Labels are checked on load: a label map whose size differs from its image, or which holds ids
-outside the classes (other than void), raises ValueError naming the file.
+Labels are checked on load: a label map that is not an 8-bit palette or grey PNG, whose size
+differs from its image, or which holds ids outside the classes (other than void), raises
+`BadAnnotation` (a ValueError) naming the file; label maps pass the image size limit of
+persistent/data/images.py. Images are read as stored, without EXIF rotation, as the label maps
+are. `VOID` is the project's one void label: the tasks and metrics import it from here.
 """
 from __future__ import annotations
 
 import os
 
 import numpy as np
-from PIL import Image
-
 from persistent import data
 from persistent.data import images as image_lib
+from persistent.data.errors import BadAnnotation, read_text
 
 VOID = 255
 
@@ -37,38 +39,33 @@ CAMVID_VOID = 11
 
 def read_label(path: str, modes: tuple[str, ...] = ("P", "L")) -> np.ndarray:
   """The raw index / grey values (H, W) uint8 of a label PNG (palette indices, not colours)."""
-  try:
-    with Image.open(path) as im:
-      im.load()
-      if im.mode not in modes:
-        raise ValueError(f"label map {path} has image mode {im.mode!r}; expected one of {modes} "
-                         "(palette or 8-bit grey class ids)")
-      return np.asarray(im, dtype=np.uint8)
-  except FileNotFoundError:
-    raise FileNotFoundError(f"label map not found: {path}") from None
-  except (OSError, Image.DecompressionBombError) as e:
-    raise ValueError(f"cannot decode label map {path}: {e}") from None
+  def indices(im) -> np.ndarray:
+    if im.mode not in modes:
+      raise BadAnnotation(f"label map {path} has image mode {im.mode!r}; expected one of {modes} "
+                          "(palette or 8-bit grey class ids)")
+    return np.asarray(im, dtype=np.uint8)
+  return image_lib.load(path, indices, what="label map")
 
 
 def check_label(label: np.ndarray, image: np.ndarray, num_classes: int, path: str) -> None:
-  """Raises ValueError naming `path` if the label map does not fit the image or the classes."""
+  """Raises BadAnnotation naming `path` if the label map does not fit the image or the classes."""
   if label.shape != image.shape[:2]:
-    raise ValueError(f"label map {path} has size {label.shape[1]}x{label.shape[0]} (WxH) but its image "
+    raise BadAnnotation(f"label map {path} has size {label.shape[1]}x{label.shape[0]} (WxH) but its image "
                      f"is {image.shape[1]}x{image.shape[0]}")
   bad = (label >= num_classes) & (label != VOID)
   if bad.any():
     values = sorted(set(np.unique(label[bad]).tolist()))
-    raise ValueError(f"label map {path} holds ids {values[:10]} outside the {num_classes} classes "
+    raise BadAnnotation(f"label map {path} holds ids {values[:10]} outside the {num_classes} classes "
                      f"0..{num_classes - 1} (void is {VOID})")
 
 
 def _example(image_path: str, label_path: str, classes: tuple[str, ...], void: int | None,
              example_id: str) -> data.Example:
-  image = image_lib.read_image(image_path)
+  image = image_lib.read_image(image_path, exif=False)
   label = read_label(label_path)
   if void is not None and void != VOID:
     if (label == VOID).any():
-      raise ValueError(f"label map {label_path} holds id {VOID}, outside the {len(classes)} classes "
+      raise BadAnnotation(f"label map {label_path} holds id {VOID}, outside the {len(classes)} classes "
                        f"0..{len(classes) - 1} and the void id {void}")
     label = np.where(label == void, VOID, label).astype(np.uint8)
   check_label(label, image, len(classes), label_path)
@@ -92,8 +89,7 @@ def open_voc_seg(paths: list[str], **unused) -> data.Source:
   if not os.path.isfile(list_file):
     raise FileNotFoundError(f"voc_seg: no split list {list_file} (is {root} a VOC2012 folder, with "
                             "JPEGImages/, SegmentationClass/ and ImageSets/Segmentation/?)")
-  with open(list_file) as f:
-    ids = [line.split()[0] for line in f if line.strip()]
+  ids = [line.split()[0] for line in read_text(list_file, "split list").splitlines() if line.strip()]
   if not ids:
     raise ValueError(f"voc_seg: split list {list_file} is empty")
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import io
 import logging
 import os
 import threading
@@ -50,9 +49,12 @@ from PIL import Image
 
 from persistent import data
 from persistent.data import attributes as attributes_lib
+from persistent.data import images
+from persistent.data.errors import BadAnnotation, BadImage
 
 DEFAULTS = {"data_dir": "", "download": 0, "order": "index"}
 CELEBA_LANDMARKS = ("lefteye", "righteye", "nose", "leftmouth", "rightmouth")
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @functools.cache
@@ -85,55 +87,95 @@ def parse(paths: list[str], spec: str) -> tuple[str, str | None, str, dict[str, 
 
 
 def decode_image(value: Any, where: str) -> np.ndarray:
-  """Encoded image bytes (or an already decoded array) -> uint8 RGB (H, W, 3)."""
-  if isinstance(value, np.ndarray) and value.dtype == np.uint8 and value.ndim == 3:
-    return value if value.shape[2] == 3 else np.repeat(value[..., :1], 3, axis=2)
-  try:
-    with Image.open(io.BytesIO(bytes(value))) as im:
-      return np.asarray(im.convert("RGB"))
-  except (OSError, ValueError, Image.DecompressionBombError) as e:
-    raise ValueError(f"cannot decode the image of {where}: {e}") from None
+  """Encoded image bytes, or an already decoded uint8 array (H, W, C) with C in 1..4 -> uint8 RGB.
+
+  Bytes follow the rules of persistent/data/images.py (modes, size limit; the stored pixel grid,
+  without EXIF rotation, as TFDS's own decoder gives it); arrays: grey is replicated and alpha
+  composited over white, as there.
+  """
+  if isinstance(value, np.ndarray) and value.dtype != object:
+    if value.dtype != np.uint8 or value.ndim != 3 or not 1 <= value.shape[2] <= 4:
+      raise BadImage(f"cannot decode the image of {where}: a decoded image must be uint8 (H, W, 1..4), "
+                     f"got {value.dtype} {value.shape}")
+    return images.to_rgb(Image.fromarray(value[..., 0] if value.shape[2] == 1 else value))
+  if isinstance(value, np.ndarray) and value.ndim == 0:
+    value = value.item()
+  if not isinstance(value, (bytes, bytearray, memoryview)):
+    raise BadImage(f"cannot decode the image of {where}: expected encoded bytes, got {type(value).__name__}")
+  return images.decode(bytes(value), where)
 
 
 def _py(value: Any) -> Any:
   if isinstance(value, bytes):
     return value.decode("utf-8", "replace")
-  if isinstance(value, np.ndarray) and value.ndim == 0:
-    return value.item()
-  if isinstance(value, np.generic):
-    return value.item()
+  if isinstance(value, (np.ndarray, np.generic)) and value.ndim == 0:
+    return _py(value.item())
   if isinstance(value, dict):
     return {k: _py(v) for k, v in value.items()}
   return value
 
 
-def _celeb_a(raw: dict[str, Any], ex: data.Example) -> None:
-  lm = raw["landmarks"]
-  marks = np.array([[float(lm[f"{p}_x"]), float(lm[f"{p}_y"])] for p in CELEBA_LANDMARKS], np.float32)
-  attrs = {k: float(bool(v)) for k, v in raw["attributes"].items()}
+def _feature(raw: Any, key: str, where: str) -> Any:
+  """raw[key]; BadAnnotation naming the example and the features it has otherwise."""
+  if not isinstance(raw, dict):
+    raise BadAnnotation(f"{where}: expected a dict of features, got {type(raw).__name__}")
+  if key not in raw:
+    raise BadAnnotation(f"{where}: no feature {key!r} (features: {', '.join(map(str, raw))})")
+  return raw[key]
+
+
+def _numbers(value: Any, where: str, key: str, shape: tuple[int | None, ...]) -> np.ndarray:
+  """A finite float64 array of the given shape (None: any length) from a feature's value."""
+  try:
+    arr = np.asarray(value, dtype=np.float64)
+  except (TypeError, ValueError, OverflowError):
+    raise BadAnnotation(f"{where}: feature {key!r} is not numeric ({type(value).__name__})") from None
+  if arr.ndim != len(shape) or any(n is not None and n != m for n, m in zip(shape, arr.shape)):
+    want = "x".join("n" if n is None else str(n) for n in shape) or "a scalar"
+    raise BadAnnotation(f"{where}: feature {key!r} has shape {arr.shape}, expected {want}")
+  if not (np.abs(arr) <= _FLOAT32_MAX).all():  # NaN, inf, or what float32 would make inf
+    raise BadAnnotation(f"{where}: feature {key!r} holds non-finite or huge values")
+  return arr
+
+
+def _celeb_a(raw: dict[str, Any], ex: data.Example, where: str) -> None:
+  lm = _feature(raw, "landmarks", where)
+  marks = np.array([[_numbers(_feature(lm, f"{p}_{c}", where), where, f"landmarks/{p}_{c}", ())
+                     for c in "xy"] for p in CELEBA_LANDMARKS], np.float32)
+  attrs = _feature(raw, "attributes", where)
+  if not isinstance(attrs, dict):
+    raise BadAnnotation(f"{where}: feature 'attributes' is a {type(attrs).__name__}, not a dict")
+  attrs = {str(k): float(_numbers(v, where, f"attributes/{k}", ()) != 0) for k, v in attrs.items()}
   attrs.update(attributes_lib.pose_from_landmarks5(marks))
   ex.update(attributes=attrs, landmarks_5=marks)
   if "identity" in raw:
-    ex["identity"] = int(np.asarray(raw["identity"]["Identity_No"]))
+    ex["identity"] = int(_numbers(_feature(raw["identity"], "Identity_No", where), where, "identity", ()))
 
 
-def _the300w_lp(raw: dict[str, Any], ex: data.Example) -> None:
+def _the300w_lp(raw: dict[str, Any], ex: data.Example, where: str) -> None:
   side = 450.0  # TFDS divides the landmarks by the 450-pixel image side
   for key, value in raw.items():
-    if key != "image":
-      ex[key] = np.asarray(value)
-  ex["landmarks"] = (np.asarray(raw["landmarks_2d"], np.float32) * side).astype(np.float32)
-  pitch, yaw, roll = (float(v) for v in np.asarray(raw["pose_params"])[:3])
+    if key != "image":  # the 3DMM parameters and other features, unchanged
+      ex[key] = value if isinstance(value, np.ndarray) else _py(value)
+  ex["landmarks"] = (_numbers(_feature(raw, "landmarks_2d", where), where, "landmarks_2d", (None, 2))
+                     * side).astype(np.float32)
+  pose = _numbers(_feature(raw, "pose_params", where), where, "pose_params", (None,))
+  if len(pose) < 3:
+    raise BadAnnotation(f"{where}: feature 'pose_params' has {len(pose)} values, expected pitch, yaw, roll first")
+  pitch, yaw, roll = (float(v) for v in pose[:3])
   ex["attributes"] = {"pitch": pitch, "yaw": yaw, "roll": roll}
 
 
-def _voc(raw: dict[str, Any], ex: data.Example) -> None:
+def _voc(raw: dict[str, Any], ex: data.Example, where: str) -> None:
   h, w = ex["image"].shape[:2]
-  objects = raw["objects"]
-  bbox = np.asarray(objects["bbox"], np.float32).reshape(-1, 4)  # (ymin, xmin, ymax, xmax) in [0, 1]
-  ex["boxes"] = np.stack([bbox[:, 1] * w, bbox[:, 0] * h, bbox[:, 3] * w, bbox[:, 2] * h], 1)
-  ex["box_labels"] = np.asarray(objects["label"], np.int64).reshape(-1)
-  ex["labels"] = np.asarray(raw["labels"], np.int64).reshape(-1)
+  objects = _feature(raw, "objects", where)
+  # (ymin, xmin, ymax, xmax) in [0, 1]
+  bbox = _numbers(_feature(objects, "bbox", where), where, "objects/bbox", (None, 4))
+  box_labels = _numbers(_feature(objects, "label", where), where, "objects/label", (len(bbox),))
+  labels = _numbers(_feature(raw, "labels", where), where, "labels", (None,))
+  ex["boxes"] = np.stack([bbox[:, 1] * w, bbox[:, 0] * h, bbox[:, 3] * w, bbox[:, 2] * h], 1).astype(np.float32)
+  ex["box_labels"] = box_labels.astype(np.int64)
+  ex["labels"] = labels.astype(np.int64)
   ex["objects"] = {k: np.asarray(v) for k, v in objects.items()}
 
 
@@ -141,17 +183,22 @@ _ADAPTERS = {"celeb_a": _celeb_a, "the300w_lp": _the300w_lp, "voc": _voc}
 
 
 def to_example(name: str, raw: dict[str, Any], example_id: str) -> data.Example:
-  """Maps a TFDS example (numpy, image still encoded) to this project's example dict."""
-  if "image" not in raw:
-    raise ValueError(f"TFDS dataset {name!r} has no 'image' feature (features: {', '.join(raw)}); "
-                     "tfds: sources need one")
+  """Maps a TFDS example (numpy, image still encoded) to this project's example dict.
+
+  A record without the features its dataset's mapping needs, or with values of the wrong type,
+  shape or non-finite, raises BadAnnotation naming the example; an undecodable image BadImage.
+  """
+  if not isinstance(raw, dict) or "image" not in raw:
+    features = ", ".join(map(str, raw)) if isinstance(raw, dict) else type(raw).__name__
+    raise BadAnnotation(f"{example_id}: TFDS dataset {name!r} has no 'image' feature (features: {features}); "
+                        "tfds: sources need one")
   ex: data.Example = {"image": decode_image(raw["image"], example_id), "id": example_id}
   for key in ("file_name", "image/filename"):
     if key in raw:
       ex["file_name"] = _py(raw[key])
   adapter = _ADAPTERS.get(name)
   if adapter is not None:
-    adapter(raw, ex)
+    adapter(raw, ex, example_id)
   else:
     for key, value in raw.items():
       if key not in ("image", "id", "image/filename"):
