@@ -69,9 +69,10 @@ def _canonical(value: Any) -> Any:
 
 
 def differences(saved: Any, running: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
-  """(dotted field, saved value, running value) for every leaf where the two differ."""
+  """(dotted field, saved value, running value) for every leaf where the two differ; below the
+  top level, dicts with different keys differ as a whole."""
   saved, running = _canonical(saved), _canonical(running)
-  if isinstance(saved, dict) and isinstance(running, dict):
+  if isinstance(saved, dict) and isinstance(running, dict) and (not prefix or set(saved) == set(running)):
     out = []
     for key in sorted(set(saved) | set(running)):
       name = f"{prefix}.{key}" if prefix else key
@@ -87,6 +88,7 @@ def check(saved: dict[str, Any], running: dict[str, Any], where: str) -> None:
   """Refuses a checkpoint fitted for something else than the running configuration."""
   diff = differences(saved, running)
   if diff:
-    lines = "; ".join(f"{name}: checkpoint has {a!r}, this run has {b!r}" for name, a, b in diff[:8])
+    short = lambda v: r if len(r := repr(v)) <= 120 else r[:117] + "..."
+    lines = "; ".join(f"{name}: checkpoint has {short(a)}, this run has {short(b)}" for name, a, b in diff[:8])
     more = f" (and {len(diff) - 8} more)" if len(diff) > 8 else ""
     raise ValueError(f"checkpoint {where} does not fit this run: {lines}{more}")

@@ -120,6 +120,10 @@ class Pipeline:
     self.batch_size = -(-config.batch_size // local) * local  # a multiple of the local devices
     self.sharding = None if distributed.is_single_device(self.mesh) else distributed.local_batch_sharding(self.mesh)
 
+  def source(self, spec: str) -> data.Source:
+    """A data source of the run, bad examples handled as config.data.on_bad says."""
+    return data.open_source(spec, on_bad=self.config.data.on_bad)
+
   @property
   def feature_dim(self) -> int:
     return features.feature_dim(self.backbone, self.layer)

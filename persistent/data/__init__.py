@@ -86,7 +86,6 @@ def digest(obj: Any) -> str:
   return hashlib.sha1(repr(obj).encode()).hexdigest()[:16]
 
 
-_digest = digest  # the old private name, until every caller uses `digest`
 
 
 SOURCES: Registry[Callable[..., Source]] = Registry("data source format")

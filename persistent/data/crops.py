@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 from typing import Any, Sequence
 
 import numpy as np
@@ -26,7 +25,7 @@ def crop_source(source: data.Source, parents: Sequence[int], boxes: np.ndarray, 
   if len(parents) != len(boxes) or (extra is not None and len(extra) != len(parents)):
     raise ValueError(f"crops {name!r}: {len(parents)} parents, {len(boxes)} boxes"
                      + (f", {len(extra)} extra records" if extra is not None else ""))
-  digest = hashlib.sha1(repr((parents.tolist(), boxes.tolist(), size, extra)).encode()).hexdigest()[:16]
+  digest = data.digest((parents.tolist(), boxes.tolist(), size, extra))
   ids = [f"{source.ids[int(p)]}#{name}:{i}" for i, p in enumerate(parents)]
 
   parent = functools.lru_cache(maxsize=32)(lambda p: source[p])

@@ -71,7 +71,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if config.restore:
     fits, state = pipe.restore(layout)
   else:
-    train = data.open_source(config.data.train)
+    train = pipe.source(config.data.train)
     attrs([train[0]])  # fail fast: no attributes, unknown names
     fitted = pipe.fit(train, [main, readout])
     fits = fitted.fits
@@ -94,7 +94,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   norms = np.linalg.norm(w_attr, axis=0)
   std_a = np.asarray(state["attribute_std"])
 
-  test = data.open_source(config.data.test)
+  test = pipe.source(config.data.test)
   preds, recs = pipe.predict(test, [main], fits, record=lambda b: [
       (f, v, img) for f, v, img in zip(b.features, attrs(b.examples), rgb.targets(b.examples, size))])
   truth = np.stack([r[1] for r in recs])

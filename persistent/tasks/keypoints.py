@@ -67,12 +67,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   pipe = probe.Pipeline(config)
   wanted = set(kc.classes.split("+")) if kc.classes else None
   size = tuple(pipe.backbone.input_size)
-  test = crops(data.open_source(config.data.test), size, kc.context, wanted)
+  test = crops(pipe.source(config.data.test), size, kc.context, wanted)
   layout = {"context": kc.context, "classes": kc.classes}
   if config.restore:
     fits, state = pipe.restore(layout)
   else:
-    train = crops(data.open_source(config.data.train), size, kc.context, wanted)
+    train = crops(pipe.source(config.data.train), size, kc.context, wanted)
     heads = class_heads(train)
     fits = pipe.fit(train, heads).fits
     for h in heads:

@@ -33,11 +33,12 @@ from persistent.figures import landmarks as landmark_figures
 METHODS = ("dataset_bias", "rgb_ridge", "convnet_ridge", "lookback")
 
 
-def open_split(config: ml_collections.ConfigDict) -> tuple[data.Source, data.Source]:
+def open_split(pipe: probe.Pipeline) -> tuple[data.Source, data.Source]:
   """Train and test sources; an empty data.test holds out a seeded `holdout` fraction of train."""
-  train = data.open_source(config.data.train)
+  config = pipe.config
+  train = pipe.source(config.data.train)
   if config.data.test:
-    return train, data.open_source(config.data.test)
+    return train, pipe.source(config.data.test)
   frac = config.landmarks.holdout
   if not 0 < frac < 1:
     raise ValueError(f"data.test is empty, so landmarks.holdout must lie in (0, 1); got {frac}")
@@ -119,7 +120,7 @@ def predict(pipe: probe.Pipeline, fits: dict[str, Any], state: dict[str, Any], f
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   cfg = config.landmarks
   pipe = probe.Pipeline(config)
-  train_src, test_src = open_split(config)
+  train_src, test_src = open_split(pipe)
   num_points = len(points(train_src[0] if not config.restore else test_src[0]))
   groups = geometry.parse_groups(cfg.groups, num_points)
   layout = {"num_points": num_points, "groups": groups, "holdout": cfg.holdout if not config.data.test else None,

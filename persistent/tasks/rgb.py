@@ -31,11 +31,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if config.restore:
     fits, state = pipe.restore(layout)
   else:
-    train = data.open_source(config.data.train)
+    train = pipe.source(config.data.train)
     fits, state = pipe.fit(train, [head]).fits, {"n_train": len(train)}
     pipe.save(workdir, fits, layout, state)
   fit = fits["rgb"]
-  test = data.open_source(config.data.test)
+  test = pipe.source(config.data.test)
   preds, truth = pipe.predict(test, [head], fits, record=lambda b: list(targets(b.examples, size)))
   pred, truth = preds["rgb"], np.stack(truth)
   mean_image = np.asarray(fit.target_mean, np.float32)

@@ -118,7 +118,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   sc = config.segmentation
   size, cells = sc.size, sc.size * sc.size
   pipe = probe.Pipeline(config)
-  test = data.open_source(config.data.test)
+  test = pipe.source(config.data.test)
   names = class_names(config, test[0])
   c = len(names)
   main = probe.Head("segmentation", cells * c, lambda exs: one_hot(np.stack([_labels(e, size, c) for e in exs]), c))
@@ -133,7 +133,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if config.restore:
     fits, state = pipe.restore(layout)
   else:
-    base = data.open_source(config.data.train)
+    base = pipe.source(config.data.train)
     if class_names(config, base[0]) != names:
       raise ValueError(f"the classes of {config.data.train!r} differ from those of {config.data.test!r} {names}")
     train = augmented(base, sc.augment, config.seed, sc.min_scale)
