@@ -40,9 +40,13 @@ def base(task: str) -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(train="synthetic:n=1200,seed=0",
                                           test="synthetic:n=200,seed=1", workers=0, on_bad="raise"))
   c.batch_size = 32
-  c.features = ml_collections.ConfigDict(dict(normalize=True, cache_dir="~/.cache/persistent/features"))
+  # reduce: how spatial maps become vectors ('' = grid:3 for maps, nothing for vectors; flatten, pool,
+  # grid:G; per layer as 'grid:3,head_map=flatten'); see persistent/features.py.
+  c.features = ml_collections.ConfigDict(dict(normalize=True, cache_dir="~/.cache/persistent/features", reduce=""))
+  # max_bytes: the memory all ridge statistics of one pass may take (0: 3/4 of what is available);
+  # a pass over budget is refused before extraction, naming the layers and their sizes.
   c.ridge = ml_collections.ConfigDict(dict(alphas=DEFAULT_ALPHAS, num_folds=4, per_target=True,
-                                           dtype="float32"))
+                                           dtype="float32", max_bytes=0))
   # Devices: `devices` of jax.devices() (-1: all, of every process) as a ('data', 'model') mesh
   # with `model` devices splitting the targets of the ridge statistics (1: pure data parallel).
   # One device (any CPU machine) runs exactly the single-device path. See persistent/distributed.py.
@@ -53,6 +57,7 @@ def base(task: str) -> ml_collections.ConfigDict:
   c.distributed = ml_collections.ConfigDict(dict(
       coordinator_address="", num_processes=1, process_id=0, local_device_ids=""))
   c.restore = ""  # a previous run's workdir: predict with its probes instead of fitting
+  c.control = ""  # 'random': with several layers, run the sweep again on seeded random weights
   c.num_figure_examples = 8
   return c
 

@@ -7,10 +7,13 @@ import os
 import time
 from typing import Any
 
+import copy
+
 import jax
 import ml_collections
 
-from persistent import distributed, tasks
+from persistent import distributed, figures, probe, sweep, tasks
+from persistent.figures import depth as depth_figures
 
 
 def _write_json_atomic(path: str, obj: Any) -> None:
@@ -18,6 +21,70 @@ def _write_json_atomic(path: str, obj: Any) -> None:
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=2, sort_keys=True)
   os.replace(tmp, path)
+
+
+def requested_layers(config: ml_collections.ConfigDict, backbone=None) -> list[str]:
+  """backbone.layer as a list: 'fc6', 'conv5,fc6,fc7' or 'all' (every tap, network order)."""
+  spec = config.backbone.layer
+  if spec == "all":
+    return list((backbone or probe.backbone_from_config(config)).layers)
+  layers = [l.strip() for l in spec.split(",") if l.strip()]
+  if not layers or len(set(layers)) != len(layers):
+    raise ValueError(f"backbone.layer must name distinct layers ('a,b,c' or 'all'), got {spec!r}")
+  return layers
+
+
+def _sweep(config: ml_collections.ConfigDict, workdir: str, layers: list[str], backbone) -> dict[str, Any]:
+  """The task once per layer (in lockstep, passes shared): {layer: metrics}; each layer's
+  figures and checkpoint in workdir/layers/LAYER."""
+  jobs = []
+  for layer in layers:
+    c = copy.deepcopy(config)
+    c.backbone.layer = layer
+    c.control = ""
+    if config.restore:
+      c.restore = os.path.join(config.restore, "layers", layer)
+    where = os.path.join(workdir, "layers", layer)
+    os.makedirs(where, exist_ok=True)
+    jobs.append(lambda c=c, where=where: tasks.get(config.task)(c, where))
+  return dict(zip(layers, sweep.Sweep(backbone).run(jobs)))
+
+
+def run_layers(config: ml_collections.ConfigDict, workdir: str, layers: list[str]) -> dict[str, Any]:
+  """Several layers (and the random-weights control): the first layer's metrics, plus
+  `layers: {layer: metrics}` (and `control: {random: {layer: metrics}}`), a table in the log and
+  depth.png."""
+  backbone = probe.backbone_from_config(config)
+  layers = requested_layers(config, backbone) if config.backbone.layer == "all" else layers
+  per_layer = _sweep(config, workdir, layers, backbone)
+  metrics = {**per_layer[layers[0]], "layers": per_layer}
+  runs = {f"{config.backbone.name} ({config.backbone.weights or 'default weights'})": per_layer}
+  if config.get("control"):
+    if config.control != "random":
+      raise ValueError(f"config.control must be '' or 'random', got {config.control!r}")
+    control = copy.deepcopy(config)
+    control.backbone.weights, control.restore = "random", ""
+    random_net = probe.backbone_from_config(control)
+    metrics["control"] = {"random": _sweep(control, os.path.join(workdir, "control_random"), layers, random_net)}
+    runs[f"{config.backbone.name} (random weights, seed {config.seed})"] = metrics["control"]["random"]
+  summary = tasks.summary(config.task)
+  logging.info("%s by layer:\n%s", summary.label, depth_table(layers, runs, summary))
+  curves = {f"{run}{'' if not extra else ', ' + extra}": [tasks.lookup(m, path) for m in per.values()]
+            for run, per in runs.items() for extra, path in [("", summary.main), *summary.curves.items()]}
+  baselines = {label: tasks.lookup(metrics, path) for label, path in summary.baselines.items()}
+  figures.save(depth_figures.depth_curves(layers, curves, summary.label, baselines, summary.lower_is_better),
+               os.path.join(workdir, "depth.png"))
+  return metrics
+
+
+def depth_table(layers: list[str], runs: dict[str, dict[str, Any]], summary: tasks.Summary) -> str:
+  """A Markdown table of the main metric: a row per layer, a column per run."""
+  fmt = lambda v: "" if v is None else f"{v:.4g}"
+  lines = ["| layer | " + " | ".join(runs) + " |", "| --- |" + " --- |" * len(runs)]
+  for layer in layers:
+    lines.append(f"| {layer} | " + " | ".join(fmt(tasks.lookup(per.get(layer, {}), summary.main))
+                                             for per in runs.values()) + " |")
+  return "\n".join(lines)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -44,9 +111,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
     logging.info("task %s on %s, workdir %s", config.task, jax.devices()[0].platform, workdir)
-    task = tasks.get(config.task)
     t0 = time.time()
-    metrics = task(config, workdir)
+    layers = requested_layers(config)
+    if len(layers) == 1 and not config.get("control"):
+      metrics = tasks.get(config.task)(config, workdir)
+    else:
+      metrics = run_layers(config, workdir, layers)
     metrics["seconds"] = round(time.time() - t0, 2)
     _write_json_atomic(metrics_path, metrics)
     logging.info("metrics: %s", json.dumps(metrics, sort_keys=True))

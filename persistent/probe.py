@@ -107,13 +107,34 @@ def assign_folds(num_groups: int, num_folds: int, seed: int | None = None) -> np
   return folds[np.argsort(np.random.default_rng([seed, 11]).permutation(num_groups))]
 
 
+@dataclasses.dataclass
+class Request:
+  """One pass a task asks for: kind 'fit', 'predict' or 'records' over `source`, with the
+  arguments of the Pipeline method of that name. Requests of several layers over one source are
+  served by one pass (`execute`)."""
+  pipe: "Pipeline"
+  kind: str
+  source: data.Source
+  args: dict[str, Any]
+
+
 class Pipeline:
-  """The backbone, the mesh and the settings of one run, shared by every pass of a task."""
+  """The backbone, the mesh and the settings of one run, shared by every pass of a task.
+
+  Inside a layer sweep (`persistent.sweep`) the task runs once per layer; its pipelines share the
+  sweep's backbone and hand their passes to the sweep, which merges the passes of all layers over
+  the same source into one (one decode, one forward pass tapping every layer).
+  """
 
   def __init__(self, config: ml_collections.ConfigDict, backbone: backbones.Backbone | None = None):
+    from persistent import sweep  # the sweep imports this module
     self.config = config
-    self.backbone = backbone if backbone is not None else backbone_from_config(config)
+    self.sweep = sweep.current()
+    if backbone is None:
+      backbone = self.sweep.backbone if self.sweep is not None else backbone_from_config(config)
+    self.backbone = backbone
     self.layer = config.backbone.layer
+    self.reduce = config.features.get("reduce", "")
     self.mesh = distributed.mesh_from_config(config)
     self.processes, self.process = jax.process_count(), jax.process_index()
     local = distributed.local_data_size(self.mesh)
@@ -126,43 +147,41 @@ class Pipeline:
 
   @property
   def feature_dim(self) -> int:
-    return features.feature_dim(self.backbone, self.layer)
+    return features.feature_dim(self.backbone, self.layer, self.reduce)
 
-  def _options(self) -> dict[str, Any]:
+  def stream(self, source: data.Source, layers: Sequence[str] | None = None
+             ) -> Iterator[tuple[Examples, dict[str, np.ndarray], np.ndarray]]:
+    """(examples, {layer: features (B, d)}, global indices (B,)) of this process's share of
+    `source`, then empty batches until every process has made the same number of steps."""
+    layers = list(layers or [self.layer])
     cache = self.config.features.cache_dir
-    return dict(batch_size=self.batch_size, normalize=self.config.features.normalize,
-                cache_dir=os.path.expanduser(cache) if cache else None,
-                workers=self.config.data.workers or None, sharding=self.sharding)
-
-  def stream(self, source: data.Source) -> Iterator[tuple[Examples, np.ndarray, np.ndarray]]:
-    """(examples, features (B, d), global indices (B,)) of this process's share of `source`,
-    then empty batches until every process has made the same number of steps."""
+    options = dict(batch_size=self.batch_size, normalize=self.config.features.normalize, reduce=self.reduce,
+                   cache_dir=os.path.expanduser(cache) if cache else None,
+                   workers=self.config.data.workers or None, sharding=self.sharding)
     local, idx = distributed.shard_source(source, self.process, self.processes)
     steps = -(-distributed.share_size(len(source), self.processes) // self.batch_size)
     start, done = 0, 0
     if len(local):
-      for examples, feats in features.iterate(self.backbone, self.layer, local, **self._options()):
+      for examples, feats in features.iterate_layers(self.backbone, layers, local, **options):
         yield examples, feats, idx[start:start + len(examples)]
         start += len(examples)
         done += 1
+    empty = {l: np.zeros((0, features.feature_dim(self.backbone, l, self.reduce)), np.float32) for l in layers}
     for _ in range(done, steps):
-      yield [], np.zeros((0, self.feature_dim), np.float32), np.zeros(0, np.int64)
+      yield [], empty, np.zeros(0, np.int64)
+
+  def _run(self, kind: str, source: data.Source, **args) -> Any:
+    request = Request(self, kind, source, args)
+    return self.sweep.submit(request) if self.sweep is not None else execute([request])[0]
 
   def records(self, source: data.Source, fn: Callable[[Examples], list]) -> list:
     """fn(examples) (one value per example) over `source` without the backbone, e.g. annotations;
     each process reads its share, every process gets all values in source order."""
-    local, idx = distributed.shard_source(source, self.process, self.processes)
-    out, index, start = [], [], 0
-    if len(local):
-      for examples in data.iterate(local, self.batch_size, workers=self.config.data.workers or None):
-        out += list(fn(examples))
-        index.append(idx[start:start + len(examples)])
-        start += len(examples)
-    return _in_source_order(out, index)
+    return self._run("records", source, fn=fn)
 
   def fit(self, source: data.Source, heads: Sequence[Head], *, groups: np.ndarray | None = None,
           fold_seed: int | None = None, sums: dict[str, Callable[[Examples], np.ndarray]] | None = None,
-          collect: Callable[[Batch], list] | None = None) -> Fitted:
+          collect: Callable[["Batch"], list] | None = None) -> Fitted:
     """One pass over `source`: every head's rows into its ridge statistics, solved at the end.
 
     `groups` (N,) ints put examples in fold groups (all examples of a group in one fold, e.g. the
@@ -170,50 +189,8 @@ class Pipeline:
     `sums` name -> fn(examples) -> array, summed over all examples of every process; `collect`
     gives one record per example of a `Batch` (as `predict`'s `record`), gathered in source order.
     """
-    cfg = self.config.ridge
-    n = len(source)
-    groups = np.arange(n) if groups is None else np.asarray(groups)
-    if groups.shape != (n,) or (n and groups.min() < 0):
-      raise ValueError(f"fold groups must be {n} non-negative ints, one per example of {source.spec!r}")
-    num_groups = int(groups.max()) + 1 if n else 0
-    if num_groups < cfg.num_folds:
-      raise ValueError(f"training source {source.spec!r} has {num_groups} independent examples; "
-                       f"{cfg.num_folds}-fold cross-validation needs at least that many")
-    group_folds = assign_folds(num_groups, cfg.num_folds, fold_seed)
-    fold_ids = group_folds[groups]
-    names = [h.name for h in heads]
-    if len(set(names)) != len(names):
-      raise ValueError(f"head names must be distinct, got {names}")
-    accs = {h.name: _accumulator(self.mesh, h.input_dim or self.feature_dim, h.num_targets, cfg,
-                                 n * h.rows_per_example, h.missing) for h in heads}
-    totals = {k: None for k in (sums or {})}
-    records, index = [], []
-    for examples, feats, idx in self.stream(source):
-      for h in heads:
-        x, own, chosen = h.rows(examples, feats) if examples else (
-            np.zeros((0, accs[h.name].d), np.float32), np.zeros(0, int), [])
-        y = np.asarray(h.targets(chosen), np.float32).reshape(x.shape[0], h.num_targets) if chosen else \
-            np.zeros((0, h.num_targets), np.float32)
-        folds = np.repeat(fold_ids[idx[own]], h.rows_per_example)
-        keep = ~np.isnan(y).all(1)
-        if not h.missing and np.isnan(y[keep]).any():
-          raise ValueError(f"head {h.name!r}: targets contain NaN")
-        accs[h.name].update(x[keep], y[keep], folds[keep])
-      if not examples:
-        continue
-      for name, fn in (sums or {}).items():
-        s = np.asarray(fn(examples))
-        totals[name] = s if totals[name] is None else totals[name] + s
-      if collect is not None:
-        records += list(collect(Batch(examples, feats, idx, {})))
-        index.append(idx)
-    totals = {k: _sum_over_processes(v) for k, v in totals.items()}
-    if collect is not None:
-      records = _in_source_order(records, index)
-    alphas = {h.name: tuple(h.alphas or cfg.alphas) for h in heads}
-    per_target = {h.name: cfg.per_target if h.per_target is None else h.per_target for h in heads}
-    fits = {h.name: accs[h.name].solve(alphas=alphas[h.name], per_target=per_target[h.name]) for h in heads}
-    return Fitted(fits, accs, group_folds, totals, records, alphas, per_target)
+    return self._run("fit", source, heads=list(heads), groups=groups, fold_seed=fold_seed, sums=sums or {},
+                     collect=collect)
 
   def predict(self, source: data.Source, heads: Sequence[Head], fits: dict[str, Any], *,
               record: Callable[["Batch"], list] | None = None,
@@ -226,38 +203,7 @@ class Pipeline:
     per-fold models (`Fitted.crossfit`) and example i is predicted by the one fitted without its
     fold, the fold of its group groups[i] in `fitted`.
     """
-    fold_of = None if crossfit is None else crossfit[0].group_folds[np.asarray(crossfit[1])]
-    linear = {h.name: [(np.asarray(m.weights, np.float32), np.asarray(m.bias, np.float32)) for m in
-                       ([fits[h.name]] if fold_of is None else fits[h.name])] for h in heads}
-    out: dict[str, list] = {h.name: [] for h in heads}
-    records, index = [], []
-    for examples, feats, idx in self.stream(source):
-      if not examples:
-        continue
-      batch = Batch(examples, feats, idx, {})
-      for h in heads:
-        width = h.rows_per_example * h.num_targets
-        batch.preds[h.name] = pred = np.full((len(examples), width), np.nan, np.float32)
-        x, own, _ = h.rows(examples, feats)
-        if not own.size:
-          continue
-        row_models = np.repeat(np.zeros(own.size, int) if fold_of is None else fold_of[idx[own]],
-                               h.rows_per_example)
-        p = np.empty((x.shape[0], h.num_targets), np.float32)
-        for f in np.unique(row_models):
-          w, b = linear[h.name][f]
-          p[row_models == f] = x[row_models == f] @ w + b
-        pred[own] = p.reshape(own.size, width)
-      for h in heads:
-        out[h.name] += list(batch.preds[h.name])
-      if record is not None:
-        records += list(record(batch))
-      index.append(idx)
-    rows = [dict(zip(out, v)) for v in zip(*out.values())] if heads else [{}] * sum(map(len, index))
-    gathered = _in_source_order(list(zip(rows, records or [None] * len(rows))), index)
-    preds = {h.name: np.stack([g[0][h.name] for g in gathered]) if gathered else
-             np.zeros((0, h.rows_per_example * h.num_targets), np.float32) for h in heads}
-    return preds, [g[1] for g in gathered] if record is not None else []
+    return self._run("predict", source, heads=list(heads), fits=fits, record=record, crossfit=crossfit)
 
   # ------------------------------------------------------------------------------------------
   # Checkpoints
@@ -285,6 +231,159 @@ class Pipeline:
     fits, meta = checkpoint.restore(self.config.restore)
     checkpoint.check(meta.get("identity", {}), self.identity(layout), self.config.restore)
     return fits, meta.get("state", {})
+
+
+def execute(requests: Sequence[Request]) -> list[Any]:
+  """Serves requests of one kind over one source (of one or several layers) with ONE pass: one
+  decode of every example, one forward pass tapping every layer asked for."""
+  if len({(r.kind, r.source.spec) for r in requests}) != 1:
+    raise ValueError("execute() serves requests of one kind over one source")
+  return {"records": _records, "fit": _fit, "predict": _predict}[requests[0].kind](requests)
+
+
+def _records(requests: Sequence[Request]) -> list[list]:
+  lead = requests[0].pipe
+  local, idx = distributed.shard_source(requests[0].source, lead.process, lead.processes)
+  out, index, start = [[] for _ in requests], [], 0
+  if len(local):
+    for examples in data.iterate(local, lead.batch_size, workers=lead.config.data.workers or None):
+      for o, r in zip(out, requests):
+        o += list(r.args["fn"](examples))
+      index.append(idx[start:start + len(examples)])
+      start += len(examples)
+  return [_in_source_order(o, index) for o in out]
+
+
+def _layers(requests: Sequence[Request]) -> list[str]:
+  return list(dict.fromkeys(r.pipe.layer for r in requests))
+
+
+def _fit(requests: Sequence[Request]) -> list[Fitted]:
+  source, lead = requests[0].source, requests[0].pipe
+  n, plans = len(source), []
+  for r in requests:
+    cfg, groups = r.pipe.config.ridge, r.args["groups"]
+    groups = np.arange(n) if groups is None else np.asarray(groups)
+    if groups.shape != (n,) or (n and groups.min() < 0):
+      raise ValueError(f"fold groups must be {n} non-negative ints, one per example of {source.spec!r}")
+    num_groups = int(groups.max()) + 1 if n else 0
+    if num_groups < cfg.num_folds:
+      raise ValueError(f"training source {source.spec!r} has {num_groups} independent examples; "
+                       f"{cfg.num_folds}-fold cross-validation needs at least that many")
+    names = [h.name for h in r.args["heads"]]
+    if len(set(names)) != len(names):
+      raise ValueError(f"head names must be distinct, got {names}")
+    group_folds = assign_folds(num_groups, cfg.num_folds, r.args["fold_seed"])
+    dims = {h.name: h.input_dim or r.pipe.feature_dim for h in r.args["heads"]}
+    plans.append(dict(group_folds=group_folds, fold_ids=group_folds[groups], dims=dims,
+                      sums={k: None for k in r.args["sums"]}, records=[], index=[]))
+  _check_memory(requests, plans, n)
+  for r, plan in zip(requests, plans):
+    cfg = r.pipe.config.ridge
+    plan["accs"] = {h.name: _accumulator(r.pipe.mesh, plan["dims"][h.name], h.num_targets, cfg,
+                                         n * h.rows_per_example, h.missing) for h in r.args["heads"]}
+  for examples, feats, idx in lead.stream(source, _layers(requests)):
+    for r, plan in zip(requests, plans):
+      f = feats[r.pipe.layer]
+      for h in r.args["heads"]:
+        x, own, chosen = h.rows(examples, f) if examples else (
+            np.zeros((0, plan["dims"][h.name]), np.float32), np.zeros(0, int), [])
+        y = np.asarray(h.targets(chosen), np.float32).reshape(x.shape[0], h.num_targets) if chosen else \
+            np.zeros((0, h.num_targets), np.float32)
+        folds = np.repeat(plan["fold_ids"][idx[own]], h.rows_per_example)
+        keep = ~np.isnan(y).all(1)
+        if not h.missing and np.isnan(y[keep]).any():
+          raise ValueError(f"head {h.name!r}: targets contain NaN")
+        plan["accs"][h.name].update(x[keep], y[keep], folds[keep])
+      if not examples:
+        continue
+      for name, fn in r.args["sums"].items():
+        s = np.asarray(fn(examples))
+        plan["sums"][name] = s if plan["sums"][name] is None else plan["sums"][name] + s
+      if r.args["collect"] is not None:
+        plan["records"] += list(r.args["collect"](Batch(examples, f, idx, {})))
+        plan["index"].append(idx)
+  out = []
+  for r, plan in zip(requests, plans):
+    cfg = r.pipe.config.ridge
+    heads = r.args["heads"]
+    sums = {k: _sum_over_processes(v) for k, v in plan["sums"].items()}
+    records = _in_source_order(plan["records"], plan["index"]) if r.args["collect"] is not None else []
+    alphas = {h.name: tuple(h.alphas or cfg.alphas) for h in heads}
+    per_target = {h.name: cfg.per_target if h.per_target is None else h.per_target for h in heads}
+    fits = {h.name: plan["accs"][h.name].solve(alphas=alphas[h.name], per_target=per_target[h.name]) for h in heads}
+    out.append(Fitted(fits, plan["accs"], plan["group_folds"], sums, records, alphas, per_target))
+  return out
+
+
+def _predict(requests: Sequence[Request]) -> list[tuple[dict[str, np.ndarray], list]]:
+  source, lead = requests[0].source, requests[0].pipe
+  plans = []
+  for r in requests:
+    crossfit, fits = r.args["crossfit"], r.args["fits"]
+    fold_of = None if crossfit is None else crossfit[0].group_folds[np.asarray(crossfit[1])]
+    linear = {h.name: [(np.asarray(m.weights, np.float32), np.asarray(m.bias, np.float32)) for m in
+                       ([fits[h.name]] if fold_of is None else fits[h.name])] for h in r.args["heads"]}
+    plans.append(dict(fold_of=fold_of, linear=linear, out={h.name: [] for h in r.args["heads"]}, records=[],
+                      index=[]))
+  for examples, feats, idx in lead.stream(source, _layers(requests)):
+    if not examples:
+      continue
+    for r, plan in zip(requests, plans):
+      batch = Batch(examples, feats[r.pipe.layer], idx, {})
+      for h in r.args["heads"]:
+        batch.preds[h.name] = pred = np.full((len(examples), h.rows_per_example * h.num_targets), np.nan, np.float32)
+        x, own, _ = h.rows(examples, batch.features)
+        if not own.size:
+          continue
+        models = np.zeros(own.size, int) if plan["fold_of"] is None else plan["fold_of"][idx[own]]
+        models = np.repeat(models, h.rows_per_example)
+        p = np.empty((x.shape[0], h.num_targets), np.float32)
+        for m in np.unique(models):
+          w, b = plan["linear"][h.name][m]
+          p[models == m] = x[models == m] @ w + b
+        pred[own] = p.reshape(own.size, -1)
+      for h in r.args["heads"]:
+        plan["out"][h.name] += list(batch.preds[h.name])
+      if r.args["record"] is not None:
+        plan["records"] += list(r.args["record"](batch))
+      plan["index"].append(idx)
+  results = []
+  for r, plan in zip(requests, plans):
+    heads, out = r.args["heads"], plan["out"]
+    rows = [dict(zip(out, v)) for v in zip(*out.values())] if heads else [{}] * sum(map(len, plan["index"]))
+    gathered = _in_source_order(list(zip(rows, plan["records"] or [None] * len(rows))), plan["index"])
+    preds = {h.name: np.stack([g[0][h.name] for g in gathered]) if gathered else
+             np.zeros((0, h.rows_per_example * h.num_targets), np.float32) for h in heads}
+    results.append((preds, [g[1] for g in gathered] if r.args["record"] is not None else []))
+  return results
+
+
+def memory_budget(config: ml_collections.ConfigDict) -> int:
+  """config.ridge.max_bytes, or (0) three quarters of the memory available now."""
+  given = int(config.ridge.get("max_bytes", 0) or 0)
+  if given:
+    return given
+  try:
+    return int(0.75 * os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+  except (ValueError, OSError):
+    return 1 << 62
+
+
+def _check_memory(requests: Sequence[Request], plans: list[dict], n: int) -> None:
+  """Refuses, before any extraction, a pass whose ridge statistics would not fit the budget."""
+  sizes: dict[str, int] = {}
+  for r, plan in zip(requests, plans):
+    cfg = r.pipe.config.ridge
+    for h in r.args["heads"]:
+      sizes[r.pipe.layer] = sizes.get(r.pipe.layer, 0) + _accumulator_bytes(
+          plan["dims"][h.name], h.num_targets, cfg, n * h.rows_per_example, h.missing)
+  budget = memory_budget(requests[0].pipe.config)
+  if sum(sizes.values()) > budget:
+    table = ", ".join(f"{layer}: {b / 2**30:.2f} GiB" for layer, b in sizes.items())
+    raise MemoryError(f"the ridge statistics of this pass need {sum(sizes.values()) / 2**30:.2f} GiB "
+                      f"({table}), over the budget of {budget / 2**30:.2f} GiB (ridge.max_bytes): probe fewer "
+                      "layers at once, reduce maps more (features.reduce=grid:2 or pool), or raise the budget")
 
 
 def summary(fit: ridge.RidgeFit) -> dict[str, Any]:
@@ -321,6 +420,13 @@ def preprocessing(backbone: backbones.Backbone, config: ml_collections.ConfigDic
 def _accumulator(mesh, d: int, k: int, cfg: ml_collections.ConfigDict, n: int, missing: bool):
   dual = missing or n < d
   return _Rows(d, k, cfg.num_folds, cfg.dtype) if dual else _Stats(mesh, d, k, cfg.num_folds, cfg.dtype)
+
+
+def _accumulator_bytes(d: int, k: int, cfg: ml_collections.ConfigDict, n: int, missing: bool) -> int:
+  item = 8 if cfg.dtype == "float64" else 4
+  if missing or n < d:
+    return 4 * n * (d + k)
+  return item * cfg.num_folds * (d * d + d * k + d + 2 * k)
 
 
 class _Stats:
