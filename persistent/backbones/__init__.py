@@ -4,7 +4,9 @@
 they exist offline (a clear error where they do not), `'random'` a seeded random initialisation
 (the architecture-only control), or a path the backbone understands.
 
-Registered: alexnet, caffenet, caffe (any Caffe net), efficientnet_lite0.
+Registered: alexnet, caffenet, caffe (any Caffe net), efficientnet_lite0, resnet18, resnet50,
+vgg16 (torchvision), vit_small_patch16_224, vit_base_patch16_224 (timm), dinov2_vits14,
+dinov2_vitb14 (DINOv2), clip_vit_b16, open_clip_vit_b16 (CLIP image towers).
 """
 from __future__ import annotations
 
@@ -142,3 +144,6 @@ def as_numpy_tree(tree: Any) -> Any:
 from persistent.backbones import alexnet  # noqa: E402,F401
 from persistent.backbones import efficientnet  # noqa: E402,F401
 from persistent.backbones import caffe  # noqa: E402,F401
+from persistent.backbones import resnet  # noqa: E402,F401
+from persistent.backbones import vgg  # noqa: E402,F401
+from persistent.backbones import vit  # noqa: E402,F401

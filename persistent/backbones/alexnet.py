@@ -32,7 +32,10 @@ from persistent.backbones.preprocessing import IMAGENET_MEAN_BGR, Preprocessing
 
 INPUT_SIZE = (227, 227)
 LAYERS = ("conv1", "norm1", "pool1", "conv2", "norm2", "pool2", "conv3", "conv4", "conv5",
-          "pool5", "fc6", "fc7", "fc8", "logits", "prob")
+          "pool5", "fc6", "fc7", "fc8", "logits", "prob")  # in AlexNet's order
+# CaffeNet pools before normalising.
+CAFFENET_LAYERS = tuple({"norm1": "pool1", "pool1": "norm1", "norm2": "pool2",
+                         "pool2": "norm2"}.get(l, l) for l in LAYERS)
 PARAM_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 
 CONVS = {  # name: (features, kernel, stride, pad, groups)
@@ -251,7 +254,9 @@ def _factory(order: str):
     else:
       params, wid = load_params(weights, order)
     return backbones.Backbone(name=order, module=module, params=params, input_size=INPUT_SIZE,
-                              preprocess=preprocess, layers=LAYERS, weights_id=wid)
+                              preprocess=preprocess,
+                              layers=LAYERS if order == "alexnet" else CAFFENET_LAYERS,
+                              weights_id=wid)
   return make
 
 

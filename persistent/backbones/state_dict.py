@@ -187,18 +187,19 @@ def random_params(expected: Mapping[tuple[str, ...], tuple[int, ...]], seed: int
     leaf = path[-1]
     if leaf == "kernel":
       fan_in = int(np.prod(shape[:-1]))
-      z = rng.standard_normal(shape)
+      z = rng.standard_normal(shape, np.float32)
       while (bad := np.abs(z) > 2).any():
-        z[bad] = rng.standard_normal(int(bad.sum()))
-      value = z * (np.sqrt(1.0 / fan_in) / 0.87962566103423978)  # std of N(0,1) truncated at 2
+        z[bad] = rng.standard_normal(int(bad.sum()), np.float32)
+      z *= np.float32(np.sqrt(1.0 / fan_in) / 0.87962566103423978)  # std of N(0,1) truncated at 2
+      value = z
     elif leaf in normal:
-      value = rng.standard_normal(shape) * normal[leaf]
+      value = rng.standard_normal(shape, np.float32) * np.float32(normal[leaf])
     else:
       value = np.ones(shape) if leaf in ones else np.zeros(shape)
     node = params
     for k in path[:-1]:
       node = node.setdefault(k, {})
-    node[leaf] = value.astype(np.float32)
+    node[leaf] = value.astype(np.float32, copy=False)
   return params
 
 
