@@ -89,17 +89,20 @@ class Backbone:
     """
     layers = tuple(layers)
     self._check_layers(layers)
-    module, preprocess = self.module, self.preprocess
-
-    @jax.jit
-    def fn(params, images):
-      out = module.apply({"params": params}, preprocess(images))
-      return {layer: out[layer] for layer in layers}
-    return functools.partial(fn, self.params)
+    return functools.partial(_jitted_taps(self.module, self.preprocess, layers), self.params)
 
 
 def _apply_all(backbone: Backbone, images: jax.Array) -> dict[str, jax.Array]:
   return _jitted_apply(backbone.module, backbone.preprocess)(backbone.params, images)
+
+
+@functools.lru_cache(maxsize=64)  # one compilation per (network, layers), however often asked
+def _jitted_taps(module: nn.Module, preprocess: Callable, layers: tuple[str, ...]) -> Callable:
+  @jax.jit
+  def fn(params, images):
+    out = module.apply({"params": params}, preprocess(images))
+    return {layer: out[layer] for layer in layers}
+  return fn
 
 
 @functools.lru_cache(maxsize=32)
