@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from persistent import backbones
+from persistent.backbones import base
 from persistent.backbones import caffe_ops
 from persistent.backbones import state_dict as sd_lib
 from persistent.backbones.caffe_format import (CaffeError, CaffeMismatchError, read_caffemodel,
@@ -237,11 +237,11 @@ def load_params(weights: str, order: str) -> tuple[Any, str]:
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path}: no such .caffemodel file or checkpoint folder")
   params = params_from_caffemodel(path, order)
-  return jax.tree.map(jnp.asarray, params), backbones.file_weights_id(path)
+  return jax.tree.map(jnp.asarray, params), base.file_weights_id(path)
 
 
 def _factory(order: str):
-  def make(weights: str | None = None, *, seed: int = 0, dtype: Any = jnp.float32) -> backbones.Backbone:
+  def make(weights: str | None = None, *, seed: int = 0, dtype: Any = jnp.float32) -> base.Backbone:
     module = AlexNet(order=order, dtype=dtype)
     if weights is None:
       raise FileNotFoundError(
@@ -250,15 +250,15 @@ def _factory(order: str):
           "README 'AlexNet weights') and pass --config.backbone.weights=PATH (a .caffemodel or a "
           "folder written by `python -m persistent.tools.convert_caffe`), or weights='random'")
     if weights == "random":
-      params, wid = backbones.random_params(module, INPUT_SIZE, seed), backbones.random_weights_id(seed)
+      params, wid = base.random_params(module, INPUT_SIZE, seed), base.random_weights_id(seed)
     else:
       params, wid = load_params(weights, order)
-    return backbones.Backbone(name=order, module=module, params=params, input_size=INPUT_SIZE,
+    return base.Backbone(name=order, module=module, params=params, input_size=INPUT_SIZE,
                               preprocess=preprocess,
                               layers=LAYERS if order == "alexnet" else CAFFENET_LAYERS,
                               weights_id=wid)
   return make
 
 
-backbones.register("alexnet")(_factory("alexnet"))
-backbones.register("caffenet")(_factory("caffenet"))
+base.register("alexnet")(_factory("alexnet"))
+base.register("caffenet")(_factory("caffenet"))

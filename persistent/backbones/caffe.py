@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from persistent import backbones, hashing
+from persistent import hashing
+from persistent.backbones import base
 from persistent.backbones.caffe_format import (MAX_CHANNELS, CaffeError, CaffeFormatError,
                                                CaffeMismatchError, CaffeUnsupportedError,
                                                LayerBlobs, blob_shape, read_caffemodel,
@@ -93,10 +94,11 @@ def load(caffemodel_path: str, prototxt_path: str | None = None, *,
   model = read_caffemodel(caffemodel_path)
   if prototxt_path is not None:
     netdef = net_definition(read_prototxt(prototxt_path), os.fspath(prototxt_path))
-    weights_id = f"{backbones.file_weights_id(caffemodel_path)}+sha1:{hashing.file_digest(prototxt_path)}"
+    weights_id = (f"{base.file_weights_id(caffemodel_path)}"
+                  f"+sha1:{hashing.file_digest(prototxt_path)}")
   else:
     netdef = net_definition(model, where, phase=None)
-    weights_id = backbones.file_weights_id(caffemodel_path)
+    weights_id = base.file_weights_id(caffemodel_path)
   return _load(model, netdef, where, weights_id, dtype)
 
 
@@ -123,7 +125,8 @@ def random_net(prototxt_path: str, seed: int = 0, *, dtype: Any = jnp.float32) -
       else:
         value = np.full(shape, fill[name], np.float32)
       params[layer][name] = jnp.asarray(value)
-  return CaffeNet(module, params, graph, f"{backbones.random_weights_id(seed)}+sha1:{hashing.file_digest(prototxt_path)}")
+  wid = f"{base.random_weights_id(seed)}+sha1:{hashing.file_digest(prototxt_path)}"
+  return CaffeNet(module, params, graph, wid)
 
 
 def _load(model, netdef: NetDefinition, where: str, weights_id: str, dtype: Any) -> CaffeNet:
@@ -145,11 +148,11 @@ def _load(model, netdef: NetDefinition, where: str, weights_id: str, dtype: Any)
 # The generic `caffe` backbone
 # ---------------------------------------------------------------------------------------------
 
-@backbones.register("caffe")
+@base.register("caffe")
 def make_caffe_backbone(weights: str | None = None, *, prototxt: str | None = None,
                         input_size: tuple[int, int] | None = None,
                         mean_bgr: Sequence[float] = IMAGENET_MEAN_BGR, scale: float = 1.0,
-                        seed: int = 0, dtype: Any = jnp.float32) -> backbones.Backbone:
+                        seed: int = 0, dtype: Any = jnp.float32) -> base.Backbone:
   """Any Caffe net as a backbone: every blob is a layer tap.
 
   weights: the .caffemodel, or 'random' (seeded random weights; needs `prototxt`);
@@ -186,6 +189,6 @@ def make_caffe_backbone(weights: str | None = None, *, prototxt: str | None = No
     wid += f":mean={','.join(f'{m:g}' for m in mean_bgr)}:scale={scale:g}"
   # Caffe: (BGR pixel - mean) * scale, i.e. std = 1 / scale in pixel units.
   preprocess = Preprocessing(input_size, tuple(mean_bgr), (1.0 / scale,) * 3, channels="BGR")
-  return backbones.Backbone(name="caffe", module=net.module, params=net.params,
+  return base.Backbone(name="caffe", module=net.module, params=net.params,
                             input_size=input_size, preprocess=preprocess,
                             layers=net.blob_names, weights_id=wid)

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from persistent import backbones
+from persistent.backbones import base
 from persistent.backbones import state_dict as sd_lib
 from persistent.backbones.layers import FrozenBatchNorm, adaptive_avg_pool, global_avg_pool
 from persistent.backbones.preprocessing import Preprocessing
@@ -275,14 +275,14 @@ def default_weights_path() -> str:
 
 def load_params(path: str, num_classes: int = NUM_CLASSES) -> tuple[dict, str]:
   """(params, weights_id) from a PyTorch checkpoint of the port, or a convert_weights folder;
-  weights_id is 'sha1:<hex>' of the file (see `backbones.Backbone`)."""
+  weights_id is 'sha1:<hex>' of the file (see `base.Backbone`)."""
   return sd_lib.load_weights(path, "efficientnet_lite0", _expected_shapes(num_classes),
                              lambda sd, source: params_from_state_dict(sd, num_classes, source))
 
 
-@backbones.register("efficientnet_lite0")
+@base.register("efficientnet_lite0")
 def make(weights: str | None = None, *, seed: int = 0, dtype: Any = jnp.float32,
-         depthwise: str = "auto") -> backbones.Backbone:
+         depthwise: str = "auto") -> base.Backbone:
   """EfficientNet-Lite0; weights None (the package's ImageNet checkpoint), 'random', or a .pth path.
 
   dtype: compute dtype (e.g. jnp.bfloat16); parameters stay float32. depthwise: see DepthwiseConv.
@@ -290,12 +290,12 @@ def make(weights: str | None = None, *, seed: int = 0, dtype: Any = jnp.float32,
   """
   module = EfficientNetLite0(depthwise=depthwise, dtype=dtype)
   if weights == "random":
-    params, wid = jax.tree.map(jnp.asarray, random_params(seed)), backbones.random_weights_id(seed)
+    params, wid = jax.tree.map(jnp.asarray, random_params(seed)), base.random_weights_id(seed)
   elif weights is None:
     params, _ = load_params(default_weights_path())
-    wid = backbones.package_weights_id(DEFAULT_WEIGHTS_DISTRIBUTION)
+    wid = base.package_weights_id(DEFAULT_WEIGHTS_DISTRIBUTION)
   else:
     params, wid = load_params(weights)
-  return backbones.Backbone(name="efficientnet_lite0", module=module, params=params,
+  return base.Backbone(name="efficientnet_lite0", module=module, params=params,
                             input_size=INPUT_SIZE, preprocess=preprocess, layers=LAYERS,
                             weights_id=wid)

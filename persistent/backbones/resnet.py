@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from persistent import backbones
+from persistent.backbones import base
 from persistent.backbones import state_dict as sd_lib
 from persistent.backbones.layers import FrozenBatchNorm, global_avg_pool, precision
 from persistent.backbones.preprocessing import torchvision_imagenet
@@ -150,21 +150,21 @@ def params_from_state_dict(state_dict: dict, name: str, source: str = "state dic
 def _factory(name: str):
   kind, blocks, usual_file = CONFIGS[name]
 
-  def make(weights: str | None = None, *, seed: int = 0, dtype: Any = jnp.float32) -> backbones.Backbone:
+  def make(weights: str | None = None, *, seed: int = 0, dtype: Any = jnp.float32) -> base.Backbone:
     if weights is None:
       raise sd_lib.no_default_weights(name, f"torchvision's {usual_file}")
     if weights == "random":
       params = jax.tree.map(jnp.asarray, sd_lib.random_params(expected_shapes(name), seed))
-      wid = backbones.random_weights_id(seed)
+      wid = base.random_weights_id(seed)
     else:
       params, wid = sd_lib.load_weights(weights, name, expected_shapes(name),
                                         lambda sd, source: params_from_state_dict(sd, name, source))
     num_classes = params["fc"]["bias"].shape[0]
     module = ResNet(kind, blocks, num_classes, dtype=dtype)
-    return backbones.Backbone(name=name, module=module, params=params, input_size=INPUT_SIZE,
+    return base.Backbone(name=name, module=module, params=params, input_size=INPUT_SIZE,
                               preprocess=preprocess, layers=LAYERS, weights_id=wid)
   return make
 
 
 for _name in CONFIGS:
-  backbones.register(_name)(_factory(_name))
+  base.register(_name)(_factory(_name))

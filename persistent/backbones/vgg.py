@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from persistent import backbones
+from persistent.backbones import base
 from persistent.backbones import state_dict as sd_lib
 from persistent.backbones.layers import adaptive_avg_pool, precision
 from persistent.backbones.preprocessing import torchvision_imagenet
@@ -107,16 +107,16 @@ def params_from_state_dict(state_dict: dict, source: str = "state dict") -> dict
                          source)
 
 
-@backbones.register("vgg16")
-def make(weights: str | None = None, *, seed: int = 0, dtype: Any = jnp.float32) -> backbones.Backbone:
+@base.register("vgg16")
+def make(weights: str | None = None, *, seed: int = 0, dtype: Any = jnp.float32) -> base.Backbone:
   """VGG-16; weights: a torchvision state dict file, a convert_weights folder, or 'random'."""
   if weights is None:
     raise sd_lib.no_default_weights("vgg16", f"torchvision's {USUAL_FILE}")
   if weights == "random":
     params = jax.tree.map(jnp.asarray, sd_lib.random_params(expected_shapes(), seed))
-    wid = backbones.random_weights_id(seed)
+    wid = base.random_weights_id(seed)
   else:
     params, wid = sd_lib.load_weights(weights, "vgg16", expected_shapes(), params_from_state_dict)
   module = VGG16(params["classifier"]["6"]["bias"].shape[0], dtype=dtype)
-  return backbones.Backbone(name="vgg16", module=module, params=params, input_size=INPUT_SIZE,
+  return base.Backbone(name="vgg16", module=module, params=params, input_size=INPUT_SIZE,
                             preprocess=preprocess, layers=LAYERS, weights_id=wid)

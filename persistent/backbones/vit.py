@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from persistent import backbones
+from persistent.backbones import base
 from persistent.backbones import state_dict as sd_lib
 from persistent.backbones.layers import precision
 from persistent.backbones.preprocessing import (CLIP_MEAN_RGB, CLIP_STD_RGB, IMAGENET_MEAN_RGB,
@@ -368,7 +368,7 @@ def _factory(name: str):
   config = CONFIGS[name]
 
   def make(weights: str | None = None, *, seed: int = 0, dtype: Any = jnp.float32,
-           input_size: int | None = None) -> backbones.Backbone:
+           input_size: int | None = None) -> base.Backbone:
     """weights: the usual file (see module doc), a convert_weights folder, or 'random';
     input_size: square input side (DINOv2: any multiple of 14; others: their native size)."""
     size = int(input_size or config.input_size)
@@ -377,18 +377,18 @@ def _factory(name: str):
       raise sd_lib.no_default_weights(name, config.usual_file)
     if weights == "random":
       params = jax.tree.map(jnp.asarray, random_params(name, size, seed))
-      wid = backbones.random_weights_id(seed)
+      wid = base.random_weights_id(seed)
     else:
       params, wid = sd_lib.load_weights(
           weights, name, expected_shapes(name, size),
           lambda sd, source: params_from_state_dict(sd, name, size, source))
     head_dim = params["head"]["kernel"].shape[-1] if "head" in params else None
     module = ViT(config, grid, head_dim, dtype=dtype)
-    return backbones.Backbone(name=name, module=module, params=params, input_size=(size, size),
+    return base.Backbone(name=name, module=module, params=params, input_size=(size, size),
                               preprocess=preprocessing(config, size), layers=layers(config),
                               weights_id=wid)
   return make
 
 
 for _name in CONFIGS:
-  backbones.register(_name)(_factory(_name))
+  base.register(_name)(_factory(_name))
