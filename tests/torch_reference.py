@@ -9,9 +9,15 @@ fixture). The tests import torch through `pytest.importorskip`, so they skip whe
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Callable, Mapping
 
 import numpy as np
+
+# torch imports triton (GPU kernel compiler, unused on the CPU) when present; loading its bundled
+# LLVM late in a long test process beside jaxlib's crashed the whole suite once (SIGSEGV in
+# triton's extension module). The references run on the CPU: keep triton out of the process.
+sys.modules.setdefault("triton", None)
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 RTOL = 1e-4  # max |flax - torch| / max |torch| per tap, float32
