@@ -24,7 +24,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from persistent import backbones  # noqa: E402
-from persistent.backbones import alexnet, caffe  # noqa: E402
+from persistent.backbones import alexnet, caffe_format, caffe_graph, caffe_module  # noqa: E402
 
 
 def _time(fn, x, iters: int) -> dict:
@@ -48,9 +48,9 @@ def _generic_fc6(params, dtype):
   import caffe_testnets as tn  # the deploy prototxt writer shared with the tests
   with tempfile.NamedTemporaryFile("w", suffix=".prototxt", delete=False) as f:
     f.write(tn.prototxt(tn.alexnet_layers("alexnet", weights=False), (1, 3, 227, 227)))
-  graph = caffe.build_graph(caffe.net_definition(caffe.read_prototxt(f.name), f.name))
+  graph = caffe_graph.build_graph(caffe_graph.net_definition(caffe_format.read_prototxt(f.name), f.name))
   os.unlink(f.name)
-  module = caffe.CaffeModule(graph.layers, graph.inputs, dtype=dtype)
+  module = caffe_module.CaffeModule(graph.layers, graph.inputs, dtype=dtype)
 
   @jax.jit
   def fc6(params, images):

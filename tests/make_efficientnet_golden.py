@@ -22,7 +22,7 @@ It writes, under tests/fixtures/:
 * torch_small_legacy.pt / torch_small_zip.pt / torch_small_expected.npz -- tiny checkpoints
   written by real `torch.save` in both serialization formats (several dtypes, a transposed
   view, a slice at an offset sharing its storage, a Parameter, a nested wrapper), and the
-  values that persistent.io must read from them.
+  values that persistent.backbones.torch_checkpoint must read from them.
 """
 from __future__ import annotations
 

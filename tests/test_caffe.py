@@ -21,7 +21,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from persistent import backbones
-from persistent.backbones import caffe, caffe_ops
+from persistent.backbones import (caffe, caffe_format, caffe_graph, caffe_module, caffe_ops,
+                                  caffe_params, preprocessing, state_dict)
 
 sys.path.insert(0, os.path.dirname(__file__))
 import caffe_testnets as tn  # noqa: E402
@@ -89,7 +90,7 @@ def sample_images(n: int, size: int) -> np.ndarray:
   return np.concatenate([np.stack(real), made]) if real else made
 
 
-def caffe_input(images: np.ndarray, mean=caffe.IMAGENET_MEAN_BGR) -> np.ndarray:
+def caffe_input(images: np.ndarray, mean=preprocessing.IMAGENET_MEAN_BGR) -> np.ndarray:
   """Caffe's data blob in NHWC: BGR, mean subtracted."""
   return images[..., ::-1].astype(np.float32) - np.asarray(mean, np.float32)
 
@@ -97,7 +98,7 @@ def caffe_input(images: np.ndarray, mean=caffe.IMAGENET_MEAN_BGR) -> np.ndarray:
 def last_writers(prototxt: str) -> dict[str, str]:
   """Caffe blob name -> the layer that writes it last (OpenCV names outputs by layer)."""
   out = {}
-  for layer in caffe.net_definition(caffe.read_prototxt(prototxt), prototxt).layers:
+  for layer in caffe_graph.net_definition(caffe_format.read_prototxt(prototxt), prototxt).layers:
     if layer.type == "Input":
       continue  # net inputs are not layer outputs in OpenCV
     for i, top in enumerate(layer.tops):
@@ -175,9 +176,9 @@ def test_alexnet_backbone_from_caffemodel_matches_opencv(alexnet_case):
   bb = backbones.create("alexnet", weights=model)
   out = jax.jit(bb.module.apply)({"params": bb.params}, jnp.asarray(x))
   errs = compare_all({k: out[k] for k in ref}, ref)
-  assert bb.weights_id == backbones.file_digest(model)
+  assert bb.weights_id == backbones.file_weights_id(model)
   # The backbone's own preprocessing gives Caffe's data blob.
-  images = np.clip(x[..., ::-1] + np.asarray(caffe.IMAGENET_MEAN_BGR)[::-1], 0, 255)
+  images = np.clip(x[..., ::-1] + np.asarray(preprocessing.IMAGENET_MEAN_BGR)[::-1], 0, 255)
   np.testing.assert_allclose(np.asarray(bb.preprocess(jnp.asarray(images.round().astype(np.uint8)))),
                              x, atol=1e-3)
   print("alexnet backbone max rel err", max(errs.values()))
@@ -190,11 +191,11 @@ def test_convert_caffe_checkpoint_into_caffenet_backbone(caffenet_case, tmp_path
   assert convert_caffe.main(["--caffemodel", model, "--prototxt", deploy, "--out", out_dir]) == 0
   assert '"backbone": "caffenet"' in capsys.readouterr().out  # order read from the definitions
   bb = backbones.create("caffenet", weights=out_dir)
-  assert bb.weights_id == backbones.file_digest(model)
+  assert bb.weights_id == backbones.file_weights_id(model)
   out = jax.jit(bb.module.apply)({"params": bb.params}, jnp.asarray(x))
   errs = compare_all({k: out[k] for k in ref}, ref)
   print("caffenet backbone from checkpoint max rel err", max(errs.values()))
-  with pytest.raises(caffe.CaffeMismatchError, match="caffenet"):
+  with pytest.raises(state_dict.StateDictError, match="converted for the 'caffenet' backbone"):
     backbones.create("alexnet", weights=out_dir)
   # A second conversion into the same folder needs --force.
   assert convert_caffe.main(["--caffemodel", model, "--out", out_dir]) == 1
@@ -203,16 +204,16 @@ def test_convert_caffe_checkpoint_into_caffenet_backbone(caffenet_case, tmp_path
   proc = subprocess.run([sys.executable, "-m", "persistent.tools.convert_caffe", "--help"],
                         cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0 and "--caffemodel" in proc.stdout
-  with pytest.raises(caffe.CaffeFormatError, match="not a checkpoint written by"):
+  with pytest.raises(state_dict.StateDictError, match="not a folder written by"):
     backbones.create("caffenet", weights=str(tmp_path))
 
 
 def test_both_binary_formats_give_the_same_net(alexnet_case, caffenet_case, tmp_path):
   """Each net written again in the other binary format reads as the same graph and weights."""
   def read(path):
-    model = caffe.read_caffemodel(path)
-    graph = caffe.build_graph(caffe.net_definition(model, path, phase=None))
-    return graph, caffe.convert_params(graph, caffe._weights_by_layer(model), path)
+    model = caffe_format.read_caffemodel(path)
+    graph = caffe_graph.build_graph(caffe_graph.net_definition(model, path, phase=None))
+    return graph, caffe_params.convert_params(graph, caffe_format.weights_by_layer(model), path)
 
   for (model, _, _, _), order, seed, v1 in ((alexnet_case, "alexnet", 1, False),
                                             (caffenet_case, "caffenet", 2, True)):
@@ -228,7 +229,7 @@ def test_both_binary_formats_give_the_same_net(alexnet_case, caffenet_case, tmp_
 
 def test_backbone_refuses_the_other_layer_order(caffenet_case):
   model = caffenet_case[0]
-  with pytest.raises(caffe.CaffeMismatchError, match="use the 'caffenet' backbone"):
+  with pytest.raises(caffe_format.CaffeMismatchError, match="use the 'caffenet' backbone"):
     backbones.create("alexnet", weights=model)
 
 
@@ -237,8 +238,8 @@ def test_legacy_v1_prototxt_gives_the_same_graph(caffenet_case, tmp_path):
   v1 = tmp_path / "deploy_v1.prototxt"
   v1.write_text(tn.prototxt(tn.alexnet_layers("caffenet", weights=False), (10, 3, 227, 227),
                             v1=True))
-  cur = caffe.build_graph(caffe.net_definition(caffe.read_prototxt(deploy), deploy))
-  old = caffe.build_graph(caffe.net_definition(caffe.read_prototxt(str(v1)), str(v1)))
+  cur = caffe_graph.build_graph(caffe_graph.net_definition(caffe_format.read_prototxt(deploy), deploy))
+  old = caffe_graph.build_graph(caffe_graph.net_definition(caffe_format.read_prototxt(str(v1)), str(v1)))
   assert old.layers == cur.layers and old.input_shapes == cur.input_shapes
 
 
@@ -254,7 +255,7 @@ def test_training_prototxt_parses_and_runs_as_test_phase(tmp_path):
           'include { phase: TRAIN } future_field: 3 future_param { a: 1 b { c: "x" } } }\n'
   path = tmp_path / "train_val.prototxt"
   path.write_text(text)
-  graph = caffe.build_graph(caffe.net_definition(caffe.read_prototxt(str(path)), str(path)))
+  graph = caffe_graph.build_graph(caffe_graph.net_definition(caffe_format.read_prototxt(str(path)), str(path)))
   assert graph.inputs == ("data",) and graph.input_shapes == ((1, 0, 227, 227),)
   assert "extra" not in [l.name for l in graph.layers]  # TRAIN only
   assert {"data", "loss", "accuracy"} <= set(graph.dropped)
@@ -460,7 +461,7 @@ def test_open_nsfw_resnet50_matches_opencv():
   assert {"BatchNorm", "Scale", "Eltwise"} <= {l.type for l in net.graph.layers}
   print("open_nsfw max rel err", max(errs.values()))
   # The caffemodel's own (training) definition, written by Caffe, compiles to the same layers.
-  own = caffe.build_graph(caffe.net_definition(caffe.read_caffemodel(model), model, phase=None))
+  own = caffe_graph.build_graph(caffe_graph.net_definition(caffe_format.read_caffemodel(model), model, phase=None))
   deploy_layers = {l.name: l for l in net.graph.layers}
   common = [l for l in own.layers if l.name in deploy_layers]
   assert len(common) == len(net.graph.layers) - 1  # all but 'prob': training nets end in a loss
@@ -480,17 +481,17 @@ def test_truncated_corrupted_and_wrong_files(zoo, tmp_path):
   proto, model, _ = zoo
   data = open(model, "rb").read()
   truncated = _write(tmp_path / "cut.caffemodel", data[: len(data) // 2])
-  with pytest.raises(caffe.CaffeFormatError, match="cut.caffemodel.*truncated or corrupted"):
+  with pytest.raises(caffe_format.CaffeFormatError, match="cut.caffemodel.*truncated or corrupted"):
     caffe.load(truncated, proto)
-  with pytest.raises(caffe.CaffeFormatError, match="empty file"):
-    caffe.read_caffemodel(_write(tmp_path / "empty.caffemodel", b""))
-  with pytest.raises(caffe.CaffeFormatError, match="looks like a text .prototxt"):
+  with pytest.raises(caffe_format.CaffeFormatError, match="empty file"):
+    caffe_format.read_caffemodel(_write(tmp_path / "empty.caffemodel", b""))
+  with pytest.raises(caffe_format.CaffeFormatError, match="looks like a text .prototxt"):
     caffe.load(proto, proto)
-  with pytest.raises(caffe.CaffeFormatError, match="not a text prototxt"):
-    caffe.read_prototxt(model)
+  with pytest.raises(caffe_format.CaffeFormatError, match="not a text prototxt"):
+    caffe_format.read_prototxt(model)
   bad_text = _write(tmp_path / "bad.prototxt", 'name: "x"\nlayer {\n  name: "a"\n  bottom: \n}')
-  with pytest.raises(caffe.CaffeFormatError, match=r"bad.prototxt: .*5:1"):
-    caffe.read_prototxt(bad_text)
+  with pytest.raises(caffe_format.CaffeFormatError, match=r"bad.prototxt: .*5:1"):
+    caffe_format.read_prototxt(bad_text)
   with pytest.raises(FileNotFoundError):
     caffe.load(str(tmp_path / "missing.caffemodel"))
   # A blob whose data does not fill its shape.
@@ -503,7 +504,7 @@ def test_truncated_corrupted_and_wrong_files(zoo, tmp_path):
   lie_proto = _write(tmp_path / "lie.prototxt", 'input: "data" input_dim: 1 input_dim: 3 '
                      'input_dim: 4 input_dim: 4 layer { name: "c" type: "Convolution" '
                      'bottom: "data" top: "c" convolution_param { num_output: 2 kernel_size: 1 } }')
-  with pytest.raises(caffe.CaffeFormatError, match=r"layer 'c' blob 0.*\(2, 3, 9, 9\) needs 486"):
+  with pytest.raises(caffe_format.CaffeFormatError, match=r"layer 'c' blob 0.*\(2, 3, 9, 9\) needs 486"):
     caffe.load(lie_path, lie_proto)
 
 
@@ -511,20 +512,20 @@ def test_prototxt_and_caffemodel_that_do_not_match(zoo, tmp_path):
   proto, model, _ = zoo
   text = open(proto).read()
   renamed = _write(tmp_path / "renamed.prototxt", text.replace('"conv_d"', '"conv_x"', 1))
-  with pytest.raises(caffe.CaffeMismatchError, match=r"no weights .* \['conv_x'\]"):
+  with pytest.raises(caffe_format.CaffeMismatchError, match=r"no weights .* \['conv_x'\]"):
     caffe.load(model, renamed)
   wider = _write(tmp_path / "wider.prototxt",
                  text.replace("num_output: 10", "num_output: 12", 1))
-  with pytest.raises(caffe.CaffeMismatchError,
+  with pytest.raises(caffe_format.CaffeMismatchError,
                      match=r"'fc' \(InnerProduct\) blob 0 \(kernel\) has shape \(10, 14720\) in "
                            r"the caffemodel but the net definition implies \(12, 14720\)"):
     caffe.load(model, wider)
   nobias = _write(tmp_path / "nobias.prototxt", text.replace(
       "num_output: 8 kernel_h: 3", "bias_term: false num_output: 8 kernel_h: 3", 1))
-  with pytest.raises(caffe.CaffeMismatchError, match=r"'conv_a' .* needs 1 blobs .* has 2"):
+  with pytest.raises(caffe_format.CaffeMismatchError, match=r"'conv_a' .* needs 1 blobs .* has 2"):
     caffe.load(model, nobias)
   smaller = _write(tmp_path / "small.prototxt", text.replace("dim: 37", "dim: 30", 1))
-  with pytest.raises(caffe.CaffeMismatchError, match=r"'fc'.*\(10, 14720\).*\(10, 11776\)"):
+  with pytest.raises(caffe_format.CaffeMismatchError, match=r"'fc'.*\(10, 14720\).*\(10, 11776\)"):
     caffe.load(model, smaller)
 
 
@@ -546,16 +547,16 @@ def test_unsupported_and_invalid_layers_name_the_layer(tmp_path, layer, match):
   text = ('input: "data" input_dim: 1 input_dim: 3 input_dim: 8 input_dim: 8\n'
           f'layer {{ name: "y_layer" {layer} }}')
   path = _write(tmp_path / "net.prototxt", text)
-  with pytest.raises(caffe.CaffeError, match=match):
-    caffe.build_graph(caffe.net_definition(caffe.read_prototxt(path), path))
+  with pytest.raises(caffe_format.CaffeError, match=match):
+    caffe_graph.build_graph(caffe_graph.net_definition(caffe_format.read_prototxt(path), path))
 
 
 def test_shape_errors_at_trace_time_name_the_layer():
   text = ('input: "data" input_dim: 1 input_dim: 3 input_dim: 4 input_dim: 4\n'
           'layer { name: "c" type: "Convolution" bottom: "data" top: "c" '
           'convolution_param { num_output: 2 kernel_size: 7 } }')
-  graph = caffe.build_graph(caffe.net_definition(caffe.parse_prototxt(text), "t"))
-  module = caffe.CaffeModule(graph.layers, graph.inputs)
-  with pytest.raises(caffe.CaffeMismatchError, match=r"'c' \(Convolution\): the input height 4 "
+  graph = caffe_graph.build_graph(caffe_graph.net_definition(caffe_format.parse_prototxt(text), "t"))
+  module = caffe_module.CaffeModule(graph.layers, graph.inputs)
+  with pytest.raises(caffe_format.CaffeMismatchError, match=r"'c' \(Convolution\): the input height 4 "
                                                      r"\(padded 4\) is smaller than the kernel"):
-    caffe.expected_param_shapes(module, graph.input_shapes)
+    caffe_params.expected_param_shapes(module, graph.input_shapes)

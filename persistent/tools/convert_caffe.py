@@ -3,8 +3,8 @@
     python -m persistent.tools.convert_caffe --caffemodel bvlc_alexnet.caffemodel \
         [--prototxt deploy.prototxt] --out weights/alexnet
 
-writes DIR/params (orbax) and DIR/persistent_caffe.json (order, weights_id = the caffemodel's
-sha1), which `--config.backbone.weights=DIR` loads into the `alexnet` or `caffenet` backbone.
+writes DIR/params (orbax) and DIR/persistent_weights.json (backbone, weights_id = 'sha1:<hex>' of
+the caffemodel), which `--config.backbone.weights=DIR` loads into the `alexnet` or `caffenet` backbone.
 The layer order (LRN before pooling: AlexNet; after: CaffeNet) is read from the caffemodel's own
 definition (or the prototxt); `--order` states it where neither says. The backbones also take the
 .caffemodel path directly; the checkpoint just loads faster and needs no protobuf.
@@ -29,26 +29,29 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--force", action="store_true", help="overwrite an earlier conversion")
   args = parser.parse_args(argv)
 
-  from persistent.backbones import caffe, file_digest
+  from persistent import backbones
+  from persistent.backbones import alexnet, caffe_format, caffe_graph
+  from persistent.backbones import state_dict as sd_lib
   try:
     order = args.order
-    model = caffe.read_caffemodel(args.caffemodel)
+    model = caffe_format.read_caffemodel(args.caffemodel)
     if order is None:
-      defs = [caffe.net_definition(model, args.caffemodel, None)]
+      defs = [caffe_graph.net_definition(model, args.caffemodel, None)]
       if args.prototxt:
-        defs.append(caffe.net_definition(caffe.read_prototxt(args.prototxt), args.prototxt))
-      found = {caffe.detect_alexnet_order(d) for d in defs} - {None}
+        defs.append(caffe_graph.net_definition(caffe_format.read_prototxt(args.prototxt),
+                                               args.prototxt))
+      found = {alexnet.detect_order(d) for d in defs} - {None}
       if len(found) != 1:
         parser.error("cannot tell AlexNet from CaffeNet from the definitions"
                      + (f" (they disagree: {sorted(found)})" if found else "") + "; pass --order")
       order = found.pop()
-    params = caffe.alexnet_params_from_caffemodel(args.caffemodel, order, args.prototxt, model)
+    params = alexnet.params_from_caffemodel(args.caffemodel, order, args.prototxt, model)
     del model
-    weights_id = file_digest(args.caffemodel)
-    out = caffe.save_alexnet_checkpoint(args.out, params, order, weights_id,
-                                        os.path.basename(args.caffemodel), force=args.force)
-    restored, meta = caffe.load_alexnet_checkpoint(out)
-  except (caffe.CaffeError, FileNotFoundError, FileExistsError) as e:
+    weights_id = backbones.file_weights_id(args.caffemodel)
+    out = sd_lib.save_converted(args.out, params, order, weights_id,
+                                os.path.basename(args.caffemodel), force=args.force)
+    restored, _ = sd_lib.load_converted(out, order, alexnet.expected_shapes())
+  except (caffe_format.CaffeError, sd_lib.StateDictError, FileNotFoundError, FileExistsError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   import numpy as np

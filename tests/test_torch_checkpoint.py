@@ -1,4 +1,4 @@
-"""persistent.io.load_torch_state_dict: both torch.save formats, built by hand here (no torch), a
+"""persistent.backbones.torch_checkpoint.load_torch_state_dict: both torch.save formats, built by hand here (no torch), a
 real checkpoint of each format written by torch (tests/make_efficientnet_golden.py), the package's
 legacy .pth, damaged files, and hostile pickles that must be refused without running."""
 from __future__ import annotations
@@ -15,7 +15,7 @@ import hypothesis.strategies as st
 import numpy as np
 import pytest
 
-from persistent import io as tio
+from persistent.backbones import torch_checkpoint as tio
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 STORAGE_CLASSES = {np.dtype(np.float32): "FloatStorage", np.dtype(np.float16): "HalfStorage",
