@@ -60,9 +60,11 @@ def interleaved(fns: dict, repeat: int) -> tuple[dict, dict]:
 
 
 def profile(x, y, alphas, folds):
-  """Seconds per phase of one primal solve (the engine's public building blocks)."""
+  """Seconds per phase of one primal solve (the engine's public building blocks), each the
+  second of two runs (the first compiles)."""
   from persistent import ridge_primal, ridge_sweep
   def clock(fn):
+    jax.block_until_ready(fn())
     t = time.perf_counter()
     jax.block_until_ready(fn())
     return time.perf_counter() - t
@@ -86,7 +88,6 @@ def profile(x, y, alphas, folds):
   out["fold: context + sweep (all targets)"] = clock(lambda: solver.fold_errors(0, alphas, np.float32)[0])
   out["refit"] = clock(lambda: solver.refit(np.full(y.shape[1], alphas[len(alphas) // 2]), np.float32)[0])
   out["whole fit"] = clock(lambda: ridge.fit(x, y, alphas=alphas, num_folds=folds).weights)
-  out["whole fit (warm)"] = clock(lambda: ridge.fit(x, y, alphas=alphas, num_folds=folds).weights)
   return out
 
 

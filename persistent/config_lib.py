@@ -19,8 +19,10 @@ def base(task: str) -> ml_collections.ConfigDict:
                                           test="synthetic:n=200,seed=1", workers=0))
   c.batch_size = 32
   c.features = ml_collections.ConfigDict(dict(normalize=True, cache_dir="~/.cache/persistent/features"))
+  # path: 'auto' (dual when the training set has fewer rows than features), 'primal', 'dual'.
+  # extend_grid: widen alphas by decades while a target's best lambda sits at an edge.
   c.ridge = ml_collections.ConfigDict(dict(alphas=DEFAULT_ALPHAS, num_folds=4, per_target=True,
-                                           dtype="float32"))
+                                           dtype="float32", path="auto", extend_grid=False))
   # Devices: `devices` of jax.devices() (-1: all, of every process) as a ('data', 'model') mesh
   # with `model` devices splitting the targets of the ridge statistics (1: pure data parallel).
   # One device (any CPU machine) runs exactly the single-device path. See persistent/distributed.py.
