@@ -47,9 +47,10 @@ def timed(fn, repeat: int):
   return float(np.median(times["fn"])), out["fn"]
 
 
-def interleaved(fns: dict, repeat: int) -> tuple[dict, dict]:
-  """Outputs and per-round seconds of each function, run round by round after a warm-up each."""
-  out = {name: fn() for name, fn in fns.items()}
+def interleaved(fns: dict, repeat: int, warm: tuple[str, ...] = ("persistent", "fn")) -> tuple[dict, dict]:
+  """Outputs and per-round seconds of each function, run round by round; those named in `warm`
+  (JAX: the first run compiles) run once before."""
+  out = {name: fn() for name, fn in fns.items() if name in warm}
   times = {name: [] for name in fns}
   for _ in range(repeat):
     for name, fn in fns.items():

@@ -146,6 +146,15 @@ def _dual_weights(xs: jax.Array, t: jax.Array, context, y: jax.Array, alpha: jax
   return matmul(xs.T, full), coef.sum(0)
 
 
+def _row_mean(x: np.ndarray, rows: np.ndarray | None = None, chunk: int = 1024) -> np.ndarray:
+  """Mean (float64) of some rows of x (all when None), in chunks: no float64 copy of x."""
+  idx = np.arange(x.shape[0]) if rows is None else rows
+  total = np.zeros(x.shape[1])
+  for s in range(0, idx.size, chunk):
+    total += x[idx[s:s + chunk]].sum(0, dtype=np.float64)
+  return total / max(idx.size, 1)
+
+
 def _pad(idx: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
   out = np.zeros(size, np.int32)
   out[:idx.size] = idx
@@ -161,7 +170,7 @@ class Kernel:
     self.x = rows.x[:rows.size] if sel.all() else rows.x[:rows.size][sel]
     self.y = rows.y[:rows.size] if sel.all() else rows.y[:rows.size][sel]
     self.fold_ids = fid[sel]
-    self.mu = self.x.astype(np.float64).mean(0) if self.x.shape[0] else np.zeros(self.x.shape[1])
+    self.mu = _row_mean(self.x)
     self._cache: dict[Any, tuple[jax.Array, jax.Array]] = {}
 
   def shifted_and_gram(self, dtype: Any) -> tuple[jax.Array, jax.Array]:
@@ -220,7 +229,7 @@ class DualSolver:
     p = self.present
     y = self._targets(p, columns)
     my = y.mean(0)
-    mean_x = self.kernel.x[p].astype(np.float64).mean(0)  # mean of the rows, original coordinates
+    mean_x = _row_mean(self.kernel.x, p)  # mean of the rows, original coordinates
     with ridge_sweep.float64_context():
       xs, gram = self.kernel.shifted_and_gram(dtype)
       pj, ones = jnp.asarray(p, jnp.int32), jnp.ones(p.size, dtype)
