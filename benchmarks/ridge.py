@@ -5,11 +5,14 @@
   python -m benchmarks.ridge --devices=8 [--model=2]          # sharded (persistent/distributed.py);
       # on a CPU, prefix XLA_FLAGS=--xla_force_host_platform_device_count=8 for 8 devices
 
-Prints one JSON object: seconds per solver (best of --repeat, after a warm-up run that includes
-JAX compilation), ratios, lambda agreement, and this engine's float32 accuracy against its own
-float64 run (CV errors, chosen lambdas, weights). himalaya uses its numpy backend on CPU and
-torch_cuda on a GPU. scikit-learn's RidgeCV cannot select lambda per target under K-fold CV, so
-it runs with one shared lambda and is compared with this engine's shared-lambda mode.
+Prints one JSON object: seconds per solver (median of --repeat runs after a warm-up run that
+includes JAX compilation; the engine and himalaya run interleaved, round by round, so that both
+see the same load), the ratio of the medians and the median of the per-round ratios, lambda
+agreement, how many targets the float32 engine recomputed in float64, and its float32 accuracy
+against its own float64 run (CV errors, chosen lambdas, weights). himalaya uses its numpy
+backend on CPU and torch_cuda on a GPU. scikit-learn's RidgeCV cannot select lambda per target
+under K-fold CV, so it runs with one shared lambda and is compared with this engine's
+shared-lambda mode. `--profile` prints where the engine's time goes instead (one process).
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import platform
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from persistent import distributed, ridge
@@ -38,13 +42,54 @@ def make_problem(n: int, d: int, k: int, seed: int = 0):
 
 
 def timed(fn, repeat: int):
-  out = fn()  # warm-up (compilation)
-  best = np.inf
+  """Median seconds of `repeat` runs after a warm-up (compilation), and the last output."""
+  out, times = interleaved({"fn": fn}, repeat)
+  return float(np.median(times["fn"])), out["fn"]
+
+
+def interleaved(fns: dict, repeat: int, warm: tuple[str, ...] = ("persistent", "fn")) -> tuple[dict, dict]:
+  """Outputs and per-round seconds of each function, run round by round; those named in `warm`
+  (JAX: the first run compiles) run once before."""
+  out = {name: fn() for name, fn in fns.items() if name in warm}
+  times = {name: [] for name in fns}
   for _ in range(repeat):
+    for name, fn in fns.items():
+      t = time.perf_counter()
+      out[name] = fn()
+      times[name].append(time.perf_counter() - t)
+  return out, times
+
+
+def profile(x, y, alphas, folds):
+  """Seconds per phase of one primal solve (the engine's public building blocks), each the
+  second of two runs (the first compiles)."""
+  from persistent import ridge_primal, ridge_sweep
+  def clock(fn):
+    jax.block_until_ready(fn())
     t = time.perf_counter()
-    out = fn()
-    best = min(best, time.perf_counter() - t)
-  return best, out
+    jax.block_until_ready(fn())
+    return time.perf_counter() - t
+  n, d = x.shape
+  ids = ridge.kfold_ids(n, folds)
+  out = {"update": clock(lambda: ridge.update(ridge.init(d, y.shape[1], folds), x, y, ids).xx)}
+  stats = ridge.update(ridge.init(d, y.shape[1], folds), x, y, ids)
+  solver = ridge_primal.PrimalSolver(stats, list(range(folds)), rows=(x, y, ids))
+  heldout_rows = int(np.bincount(ids).max()) < d
+  with ridge_sweep.float64_context():
+    train, val = solver.fold_weights(0)
+    f32 = np.dtype(np.float32)
+    if heldout_rows:
+      out["fold: eigh + held-out rows in the basis"] = clock(lambda: ridge_primal.fold_context(
+          stats, train, val, solver.rank, f32)[3])
+    else:
+      out["fold: eigh + held-out Gram in the basis"] = clock(lambda: ridge_primal.fold_context(
+          stats, train, val, solver.rank, f32)[4])
+    gram = stats.xx[0].astype(jnp.float32)
+    out["fold: eigh alone"] = clock(lambda: ridge_sweep.eigenbasis(gram, solver.rank)[1])
+  out["fold: context + sweep (all targets)"] = clock(lambda: solver.fold_errors(0, alphas, np.float32)[0])
+  out["refit"] = clock(lambda: solver.refit(np.full(y.shape[1], alphas[len(alphas) // 2]), np.float32)[0])
+  out["whole fit"] = clock(lambda: ridge.fit(x, y, alphas=alphas, num_folds=folds).weights)
+  return out
 
 
 def engine(x, y, alphas, folds, per_target=True, dtype=np.float32, mesh=None):
@@ -82,11 +127,12 @@ def main():
   p.add_argument("--k", type=int, default=1500)
   p.add_argument("--alphas", type=int, default=13)
   p.add_argument("--folds", type=int, default=4)
-  p.add_argument("--repeat", type=int, default=2)
+  p.add_argument("--repeat", type=int, default=3)
   p.add_argument("--peers", default="himalaya,sklearn")
   p.add_argument("--no-float64", action="store_true", help="skip the float64 accuracy run")
   p.add_argument("--devices", type=int, default=1, help="devices for the engine (-1: all); >1 shards it")
   p.add_argument("--model", type=int, default=1, help="of those, devices splitting the targets' statistics")
+  p.add_argument("--profile", action="store_true", help="seconds per phase of the engine only")
   a = p.parse_args()
   mesh = None if a.devices == 1 else distributed.make_mesh(dict(devices=a.devices, model=a.model))
   engine_on_mesh = functools.partial(engine, mesh=mesh)
@@ -95,11 +141,29 @@ def main():
   gpu = jax.devices()[0].platform == "gpu"
   res = {"n": a.n, "d": a.d, "k": a.k, "alphas": a.alphas, "folds": a.folds,
          "device": str(jax.devices()[0].device_kind),
-         "devices": 1 if mesh is None else mesh.size, "platform": platform.platform(), "seconds": {}}
+         "devices": 1 if mesh is None else mesh.size, "platform": platform.platform()}
 
-  t, fit = timed(lambda: engine_on_mesh(x, y, alphas, a.folds), a.repeat)
-  res["seconds"]["persistent"] = t
+  if a.profile:
+    print(json.dumps({"n": a.n, "d": a.d, "k": a.k, "seconds": profile(x, y, alphas, a.folds)}, indent=2))
+    return
+  peers = [s for s in a.peers.split(",") if s]
+  fns = {"persistent": lambda: engine_on_mesh(x, y, alphas, a.folds)}
+  if "himalaya" in peers:
+    fns["himalaya"] = lambda: run_himalaya(x, y, alphas, a.folds, gpu)
+  out, times = interleaved(fns, a.repeat)
+  fit = out["persistent"]
+  res["seconds"] = {name: float(np.median(t)) for name, t in times.items()}
+  res["rounds"] = times
   chosen = np.asarray(fit.alpha)
+  res["path"] = fit.path
+  res["float64_targets"] = int(np.asarray(fit.float64).sum())
+  res["alpha_at_edge"] = ridge.alpha_at_edge(fit)
+  if "himalaya" in peers:
+    h_alpha = out["himalaya"][0]
+    res["speedup_vs_himalaya"] = res["seconds"]["himalaya"] / res["seconds"]["persistent"]
+    res["speedup_vs_himalaya_median_of_rounds"] = float(np.median(
+        np.asarray(times["himalaya"]) / np.asarray(times["persistent"])))
+    res["alpha_agreement_himalaya"] = float(np.mean(np.isclose(h_alpha, chosen, rtol=1e-4)))
   if not a.no_float64:
     with jax.enable_x64(True):
       ref = engine_on_mesh(x.astype(np.float64), y.astype(np.float64), alphas, a.folds, dtype=np.float64)
@@ -110,12 +174,6 @@ def main():
         "alpha_agreement": float(np.mean(np.isclose(chosen, alpha64, rtol=1e-6))),
         "weights_max_rel_err": float(np.abs(np.asarray(fit.weights) - w64).max() / np.abs(w64).max()),
     }
-  peers = [s for s in a.peers.split(",") if s]
-  if "himalaya" in peers:
-    t, (h_alpha, h_coef) = timed(lambda: run_himalaya(x, y, alphas, a.folds, gpu), a.repeat)
-    res["seconds"]["himalaya"] = t
-    res["speedup_vs_himalaya"] = t / res["seconds"]["persistent"]
-    res["alpha_agreement_himalaya"] = float(np.mean(np.isclose(h_alpha, chosen, rtol=1e-4)))
   if "sklearn" in peers:
     t, s_alpha = timed(lambda: run_sklearn(x, y, alphas, a.folds), 1)
     shared = engine_on_mesh(x, y, alphas, a.folds, per_target=False)

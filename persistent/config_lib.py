@@ -43,10 +43,12 @@ def base(task: str) -> ml_collections.ConfigDict:
   # reduce: how spatial maps become vectors ('' = grid:3 for maps, nothing for vectors; flatten, pool,
   # grid:G; per layer as 'grid:3,head_map=flatten'); see persistent/features.py.
   c.features = ml_collections.ConfigDict(dict(normalize=True, cache_dir="~/.cache/persistent/features", reduce=""))
+  # path: 'auto' (dual when the training set has fewer rows than features), 'primal', 'dual'.
+  # extend_grid: widen alphas by decades while a target's best lambda sits at an edge.
   # max_bytes: the memory all ridge statistics of one pass may take (0: 3/4 of what is available);
   # a pass over budget is refused before extraction, naming the layers and their sizes.
   c.ridge = ml_collections.ConfigDict(dict(alphas=DEFAULT_ALPHAS, num_folds=4, per_target=True,
-                                           dtype="float32", max_bytes=0))
+                                           dtype="float32", path="auto", extend_grid=False, max_bytes=0))
   # Devices: `devices` of jax.devices() (-1: all, of every process) as a ('data', 'model') mesh
   # with `model` devices splitting the targets of the ridge statistics (1: pure data parallel).
   # One device (any CPU machine) runs exactly the single-device path. See persistent/distributed.py.

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from persistent import config_lib, data, distributed, ridge
-from test_ridge import ALPHAS, brute_force, problem, separated
+from test_ridge import ALPHAS, WIDE, assert_exact_cv, brute_force, clean_problem, edge_problem, problem, separated
 
 INNER = os.environ.get("PERSISTENT_MULTIDEVICE") == "1"
 multidevice = pytest.mark.skipif(not INNER, reason="runs inside test_on_eight_cpu_devices")
@@ -165,6 +165,65 @@ def test_multidevice_rgb_task_metrics_match(tmp_path, monkeypatch):
       np.testing.assert_allclose(metrics[4][key], value, rtol=1e-4, err_msg=key)
 
 
+@multidevice
+def test_multidevice_float32_recomputes_in_float64():
+  """Nearly noise-free targets on 8 devices: the sharded sweep flags them, they are recomputed in
+  float64 on gathered columns, and CV errors and lambdas match float64 brute force."""
+  X, Y = clean_problem(3, 300, 40, np.logspace(-4, 0, 9))
+  ref = brute_force(X, Y, WIDE, ridge.kfold_ids(300, 4))[3]
+  one = ridge.fit(X, Y, alphas=WIDE, path="primal")
+  for spec in (dict(devices=8), dict(devices=8, model=4)):
+    fit = distributed.fit(X, Y, distributed.make_mesh(spec), alphas=WIDE, batch_size=64, target_block=2)
+    assert_exact_cv(fit, ref)
+    assert np.asarray(fit.float64).any()
+    np.testing.assert_array_equal(np.asarray(fit.float64), np.asarray(one.float64))
+    assert_same_fit(fit, one, rtol=1e-4)
+
+
+@multidevice
+def test_multidevice_folds_extend_grid_and_moments():
+  X, Y = problem(4, 90, 11, 6)
+  fold_ids = np.random.default_rng(2).permutation(np.arange(90) % 5)
+  ref = ridge.fit(X, Y, alphas=ALPHAS, fold_ids=fold_ids, num_folds=5, folds=[0, 1, 3, 4])
+  grid = np.logspace(0, 1, 3)
+  ext = ridge.fit(*edge_problem(), alphas=grid, extend_grid=True)
+  mesh = distributed.make_mesh(dict(devices=8, model=2))
+  acc = distributed.Accumulator(mesh, 11, 6, 5)
+  for s, e in [(0, 0), (0, 33), (33, 34), (34, 90)]:  # uneven batches, one empty
+    acc.update(X[s:e], Y[s:e], fold_ids[s:e])
+  assert_same_fit(acc.solve(alphas=ALPHAS, folds=[4, 0, 1, 3]), ref, rtol=1e-5)
+  stats = acc.reduce()
+  mean, var = ridge.target_moments(stats)
+  np.testing.assert_allclose(mean, Y.astype(np.float64).mean(0), rtol=1e-9)
+  np.testing.assert_allclose(var, Y.astype(np.float64).var(0), rtol=1e-7)
+  W = np.random.default_rng(0).normal(size=(11, 3))
+  pm, pc = ridge.projection_moments(stats, W)
+  np.testing.assert_allclose(pc, np.cov((X.astype(np.float64) @ W).T, bias=True), rtol=1e-7)
+  got = distributed.fit(*edge_problem(), mesh, alphas=grid, extend_grid=True)
+  np.testing.assert_array_equal(np.asarray(got.alphas), np.asarray(ext.alphas))
+  assert_same_fit(got, ext, rtol=1e-5)
+
+
+@multidevice
+def test_multidevice_dual_path_with_missing_targets():
+  """Kept rows on a mesh (n < d, NaN targets, a fold subset) solve exactly as on one device."""
+  X, Y = problem(5, 60, 150, 4)
+  Y[::4, 1] = np.nan
+  Y[:15, 3] = np.nan  # fold 0 empty: fallback unless fold 0 is left out
+  ref = ridge.fit(X, Y, alphas=ALPHAS)
+  sub = ridge.fit(X, Y, alphas=ALPHAS, folds=[1, 2, 3])
+  assert ref.path == "dual" and not bool(ref.fitted[3]) and bool(sub.fitted[3])
+  for spec in (dict(devices=8), dict(devices=4, model=2)):
+    mesh = distributed.make_mesh(spec)
+    acc = distributed.Accumulator(mesh, 150, 4, 4, n=60)
+    assert acc.path == "dual"
+    for s in range(0, 60, 16):
+      acc.update(X[s:s + 16], Y[s:s + 16], ridge.kfold_ids(60, 4)[s:s + 16])
+    for fit, want in ((acc.solve(alphas=ALPHAS), ref), (acc.solve(alphas=ALPHAS, folds=[1, 2, 3]), sub)):
+      for a, b in zip(jax.tree.leaves(fit), jax.tree.leaves(want)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 # ----------------------------------------------------------------------------- several processes
 
 
@@ -216,6 +275,29 @@ def _two_process_worker(process_id: int, port: int) -> None:
   ref = ridge.fit(X.astype(np.float64), Y.astype(np.float64), alphas=c.ridge.alphas, batch_size=8,
                   dtype=np.float64)
   assert_same_fit(fit, ref, rtol=1e-6)  # n < d, correlated ReLU features: condition ~1e9
+  # Small Python objects and uneven rows gathered in process order.
+  assert distributed.allgather_objects({"p": process_id, "r": [process_id] * (process_id + 1)}) == [
+      {"p": 0, "r": [0]}, {"p": 1, "r": [1, 1]}]
+  (got,) = distributed.gather_rows(np.full((3 - process_id, 2), process_id))
+  np.testing.assert_array_equal(got[:, 0], [0, 0, 0, 1, 1])
+  # Both paths with each process feeding its own half in uneven batches (one process idle at
+  # times), NaN targets on the dual path, and a fold subset.
+  X, Y = problem(6, 50, 70, 3)
+  fold_ids = ridge.kfold_ids(50, 4)
+  half = slice(0, 27) if process_id == 0 else slice(27, 50)
+  batches = [(0, 10), (10, 10), (10, 27)] if process_id == 0 else [(0, 20), (20, 23), (23, 23)]
+  Yd = Y.copy()
+  Yd[::5, 2] = np.nan
+  for path, targets in (("primal", Y), ("dual", Yd)):
+    acc = distributed.Accumulator(distributed.make_mesh(dict(model=2)), 70, 3, 4, dtype=np.float64, path=path)
+    xs, ys, fs = X[half].astype(np.float64), targets[half].astype(np.float64), fold_ids[half]
+    for s, e in batches:
+      acc.update(xs[s:e], ys[s:e], fs[s:e])
+    fit = acc.solve(alphas=ALPHAS, folds=[0, 2, 3])
+    want = ridge.fit(X.astype(np.float64), targets.astype(np.float64), alphas=ALPHAS, dtype=np.float64,
+                     path=path, folds=[0, 2, 3])
+    assert fit.path == path
+    assert_same_fit(fit, want, rtol=1e-9)
   print("MATCH", process_id, flush=True)
 
 
