@@ -72,20 +72,21 @@ class Fitted:
   records: list
   alphas: dict[str, tuple[float, ...]]
   per_target: dict[str, bool]
+  extend_grid: bool = False
 
   def target_moments(self, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Mean and variance (k,) of a head's targets over all its rows."""
-    return self.accumulators[name].target_moments()
+    return ridge.target_moments(self.accumulators[name].reduce())
 
   def projection_moments(self, name: str, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean (m,) and covariance (m, m) of a head's inputs projected on the columns of w (d, m)."""
-    return self.accumulators[name].projection_moments(np.asarray(w, np.float64))
+    return ridge.projection_moments(self.accumulators[name].reduce(), np.asarray(w, np.float64))
 
   def crossfit(self, name: str) -> list[ridge.RidgeFit]:
     """Per fold f, the head's model fitted (and cross-validated) without fold f."""
     acc = self.accumulators[name]
     folds = range(len(np.unique(self.group_folds)))
-    return [acc.solve(alphas=self.alphas[name], per_target=self.per_target[name],
+    return [acc.solve(alphas=self.alphas[name], per_target=self.per_target[name], extend_grid=self.extend_grid,
                       folds=[g for g in folds if g != f]) for f in folds]
 
 
@@ -311,8 +312,10 @@ def _fit(requests: Sequence[Request]) -> list[Fitted]:
     records = _in_source_order(plan["records"], plan["index"]) if r.args["collect"] is not None else []
     alphas = {h.name: tuple(h.alphas or cfg.alphas) for h in heads}
     per_target = {h.name: cfg.per_target if h.per_target is None else h.per_target for h in heads}
-    fits = {h.name: plan["accs"][h.name].solve(alphas=alphas[h.name], per_target=per_target[h.name]) for h in heads}
-    out.append(Fitted(fits, plan["accs"], plan["group_folds"], sums, records, alphas, per_target))
+    extend = bool(cfg.get("extend_grid", False))
+    fits = {h.name: plan["accs"][h.name].solve(alphas=alphas[h.name], per_target=per_target[h.name],
+                                               extend_grid=extend) for h in heads}
+    out.append(Fitted(fits, plan["accs"], plan["group_folds"], sums, records, alphas, per_target, extend))
   return out
 
 
@@ -413,166 +416,36 @@ def preprocessing(backbone: backbones.Backbone, config: ml_collections.ConfigDic
 
 
 # ----------------------------------------------------------------------------------------------
-# The ridge engine behind the heads: streaming statistics (d x d per fold) or, where the rows are
-# fewer than the features or targets may be missing, the rows themselves.
+# The ridge engine behind the heads: distributed.Accumulator (per-fold d x d statistics, or the
+# rows themselves where they are fewer than the features or targets may be missing).
 
 
-def _accumulator(mesh, d: int, k: int, cfg: ml_collections.ConfigDict, n: int, missing: bool):
-  dual = missing or n < d
-  return _Rows(d, k, cfg.num_folds, cfg.dtype) if dual else _Stats(mesh, d, k, cfg.num_folds, cfg.dtype)
+def _path(d: int, cfg: ml_collections.ConfigDict, n: int, missing: bool) -> str:
+  return "dual" if missing else ridge.choose_path(cfg.get("path", "auto"), d, n)
+
+
+def _accumulator(mesh, d: int, k: int, cfg: ml_collections.ConfigDict, n: int,
+                 missing: bool) -> distributed.Accumulator:
+  return distributed.Accumulator(mesh, d, k, cfg.num_folds, cfg.dtype, n=n, path=_path(d, cfg, n, missing))
 
 
 def _accumulator_bytes(d: int, k: int, cfg: ml_collections.ConfigDict, n: int, missing: bool) -> int:
-  item = 8 if cfg.dtype == "float64" else 4
-  if missing or n < d:
-    return 4 * n * (d + k)
-  return item * cfg.num_folds * (d * d + d * k + d + 2 * k)
-
-
-class _Stats:
-  """Sufficient statistics, on one device or over the mesh."""
-
-  def __init__(self, mesh, d: int, k: int, num_folds: int, dtype: str):
-    self.mesh, self.d, self.k, self.num_folds, self.dtype = mesh, d, k, num_folds, dtype
-    self.single = distributed.is_single_device(mesh)
-    self.acc = ridge.init(d, k, num_folds, dtype) if self.single else \
-        distributed.Accumulator(mesh, d, k, num_folds, dtype)
-
-  def update(self, x, y, folds) -> None:
-    if self.single:
-      if x.shape[0]:
-        self.acc = ridge.update(self.acc, x, y, folds)
-    else:
-      self.acc.update(x, y, folds)
-
-  def stats(self) -> ridge.RidgeStats:
-    return self.acc if self.single else self.acc.reduce()
-
-  def _totals(self):
-    s = self.stats()
-    n = float(np.asarray(s.count).sum())
-    return s, n
-
-  def target_moments(self):
-    s, n = self._totals()
-    m = np.asarray(s.sum_y, np.float64).sum(0)[:self.k] / n
-    var = np.asarray(s.yy, np.float64).sum(0)[:self.k] / n - m * m
-    return m + np.asarray(s.shift_y, np.float64)[:self.k], np.maximum(var, 0)
-
-  def projection_moments(self, w):
-    s, n = self._totals()
-    m = np.asarray(s.sum_x, np.float64).sum(0) / n
-    cov = w.T @ (np.asarray(s.xx, np.float64).sum(0) / n) @ w - np.outer(m @ w, m @ w)
-    return (m + np.asarray(s.shift_x, np.float64)) @ w, cov
-
-  def solve(self, *, alphas, per_target: bool, folds: Sequence[int] | None = None) -> ridge.RidgeFit:
-    stats = self.stats()
-    if folds is not None:  # drop the other folds entirely: train and cross-validate on these
-      f = np.asarray(list(folds))
-      stats = stats.replace(**{n: getattr(stats, n)[f] for n in ("count", "sum_x", "sum_y", "xx", "xy", "yy")})
-    if self.single:
-      return ridge.solve(stats, alphas=alphas, per_target=per_target)
-    return distributed.solve(stats, self.mesh, alphas=alphas, per_target=per_target, num_targets=self.k)
-
-
-class _Rows:
-  """Keeps the rows (gathered from every process at the end); solves each pattern of present
-  targets on its rows, in the row space when there are fewer rows than features."""
-
-  def __init__(self, d: int, k: int, num_folds: int, dtype: str):
-    self.d, self.k, self.num_folds, self.dtype = d, k, num_folds, dtype
-    self.x, self.y, self.f = [], [], []
-    self._all = None
-
-  def update(self, x, y, folds) -> None:
-    if x.shape[0]:
-      self.x.append(np.asarray(x, np.float32))
-      self.y.append(np.asarray(y, np.float32))
-      self.f.append(np.asarray(folds))
-
-  def rows(self):
-    if self._all is None:
-      local = (np.concatenate(self.x) if self.x else np.zeros((0, self.d), np.float32),
-               np.concatenate(self.y) if self.y else np.zeros((0, self.k), np.float32),
-               np.concatenate(self.f) if self.f else np.zeros(0, np.int64))
-      parts = _allgather_objects(local)
-      self._all = tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
-    return self._all
-
-  def target_moments(self):
-    y = self.rows()[1].astype(np.float64)
-    return np.nanmean(y, 0), np.nanvar(y, 0)
-
-  def projection_moments(self, w):
-    p = self.rows()[0].astype(np.float64) @ w
-    return p.mean(0), np.atleast_2d(np.cov(p.T, bias=True))
-
-  def solve(self, *, alphas, per_target: bool, folds: Sequence[int] | None = None) -> ridge.RidgeFit:
-    x, y, f = self.rows()
-    if folds is not None:
-      keep = np.isin(f, list(folds))
-      x, y, f = x[keep], y[keep], f[keep]
-    return _fit_missing(x, y, f, alphas, per_target, self.dtype)
-
-
-def _fit_missing(x, y, f, alphas, per_target, dtype) -> ridge.RidgeFit:
-  d, k = x.shape[1], y.shape[1]
-  present = ~np.isnan(y)
-  weights, bias = np.zeros((d, k), np.float32), np.zeros(k, np.float32)
-  alpha, cv = np.full(k, np.nan, np.float32), np.full((len(alphas), k), np.nan, np.float32)
-  mean = np.where(present.any(0), np.nansum(y, 0) / np.maximum(present.sum(0), 1), 0).astype(np.float32)
-  patterns: dict[bytes, list[int]] = {}
-  for j in range(k):
-    patterns.setdefault(np.packbits(present[:, j]).tobytes(), []).append(j)
-  for cols in patterns.values():
-    rows = present[:, cols[0]]
-    uniq, counts = np.unique(f[rows], return_counts=True)
-    if len(uniq) < 2 or counts.min() < 2:
-      bias[cols] = mean[cols]  # too few rows for cross-validation: the mean
-      continue
-    xr, yr = x[rows], y[rows][:, cols]
-    fr = np.searchsorted(uniq, f[rows])
-    basis = _row_space(xr) if xr.shape[0] < d else None
-    fit = ridge.fit(xr if basis is None else xr @ basis, yr, alphas=alphas, num_folds=len(uniq),
-                    per_target=per_target, fold_ids=fr, dtype=dtype)
-    w = np.asarray(fit.weights)
-    weights[:, cols] = w if basis is None else basis @ w
-    bias[cols], alpha[cols], cv[:, cols] = np.asarray(fit.bias), np.asarray(fit.alpha), np.asarray(fit.cv_mse)
-  return ridge.RidgeFit(weights=jnp.asarray(weights), bias=jnp.asarray(bias), alpha=jnp.asarray(alpha),
-                        cv_mse=jnp.asarray(cv), alphas=jnp.asarray(np.asarray(alphas, np.float32)),
-                        target_mean=jnp.asarray(mean))
-
-
-def _row_space(x: np.ndarray, rtol: float = 1e-7) -> np.ndarray:
-  """An orthonormal basis (d, r) of the span of the rows of x; ridge restricted to it is exact."""
-  _, s, vt = np.linalg.svd(np.asarray(x, np.float64), full_matrices=False)
-  return vt[s > s[0] * rtol].T.astype(np.float32) if s.size and s[0] > 0 else np.zeros((x.shape[1], 0), np.float32)
-
-
-def _allgather_objects(obj: Any) -> list[Any]:
-  """obj of every process, in process order (pickled through a uint8 all-gather)."""
-  if jax.process_count() == 1:
-    return [obj]
-  import pickle
-  from jax.experimental import multihost_utils
-  blob = np.frombuffer(pickle.dumps(obj), np.uint8)
-  sizes = np.asarray(multihost_utils.process_allgather(np.array([blob.size]))).reshape(-1)
-  padded = np.zeros(int(sizes.max()), np.uint8)
-  padded[:blob.size] = blob
-  every = np.asarray(multihost_utils.process_allgather(padded))
-  return [pickle.loads(every[i, :int(sizes[i])].tobytes()) for i in range(len(sizes))]
+  """Host memory of a head's accumulator: kept rows, or float64 statistics per fold."""
+  if _path(d, cfg, n, missing) == "dual":
+    return (8 if cfg.dtype == "float64" else 4) * n * (d + k)
+  return 8 * cfg.num_folds * (d * d + d * k + d + 2 * k)
 
 
 def _in_source_order(records: list, index: list[np.ndarray]) -> list:
   """This process's per-example records (positions `index`) and every other process's, merged
   in source order on every process."""
   idx = np.concatenate(index) if index else np.zeros(0, np.int64)
-  parts = _allgather_objects((records, idx))
+  parts = distributed.allgather_objects((records, idx))
   every = [r for p in parts for r in p[0]]
   order = np.argsort(np.concatenate([p[1] for p in parts]), kind="stable")
   return [every[i] for i in order]
 
 
 def _sum_over_processes(x: np.ndarray | None) -> np.ndarray | None:
-  parts = [p for p in _allgather_objects(x) if p is not None]
+  parts = [p for p in distributed.allgather_objects(x) if p is not None]
   return sum(parts[1:], parts[0]) if parts else None
