@@ -57,7 +57,8 @@ def run_layers(config: ml_collections.ConfigDict, workdir: str, layers: list[str
   backbone = probe.backbone_from_config(config)
   layers = requested_layers(config, backbone) if config.backbone.layer == "all" else layers
   per_layer = _sweep(config, workdir, layers, backbone)
-  metrics = {**per_layer[layers[0]], "layers": per_layer}
+  # layer_order: metrics.json is written with sorted keys, so network order is kept as a list
+  metrics = {**per_layer[layers[0]], "layers": per_layer, "layer_order": layers}
   runs = {f"{config.backbone.name} ({config.backbone.weights or 'default weights'})": per_layer}
   if config.get("control"):
     if config.control != "random":

@@ -39,9 +39,10 @@ def runs(workdirs: list[str]) -> tuple[str, dict[str, dict[str, dict[str, Any]]]
     b = config["backbone"]
     label = f"{b['name']} ({b['weights'] or 'default weights'})"
     label = label if label not in out else f"{label} [{w}]"
-    out[label] = metrics.get("layers") or {b["layer"]: metrics}
+    order = metrics.get("layer_order") or list(metrics.get("layers", {}))
+    out[label] = {l: metrics["layers"][l] for l in order} if "layers" in metrics else {b["layer"]: metrics}
     for name, per in metrics.get("control", {}).items():
-      out[f"{b['name']} ({name} weights, seed {config['seed']})"] = per
+      out[f"{b['name']} ({name} weights, seed {config['seed']})"] = {l: per[l] for l in order if l in per}
   return task, out, first
 
 
