@@ -484,6 +484,8 @@ def solve(stats: ridge.Stats, mesh: Mesh, *, alphas: Sequence[float], per_target
                        target_block=target_block, extend_grid=extend_grid)
   k = stats.num_targets if num_targets is None else num_targets
   folds = ridge_cv.check_folds(folds, to_host(stats.count))
+  if len(folds) < 2:
+    return ridge.mean_fit(jax.tree.map(to_host, stats), folds, alphas, num_targets=k)
   grid = ridge_cv.check_alphas(alphas)
   solver = ShardedSolver(stats, mesh, folds, k, target_block, len(grid))
   return ridge_cv.cross_validate([ridge_cv.Part(np.arange(k), solver)], k, stats.num_features, grid,

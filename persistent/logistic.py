@@ -49,7 +49,9 @@ def train(x: np.ndarray, labels: np.ndarray, num_classes: int, *, steps: int, ba
     params, state, loss = step(params, state, jnp.asarray(x[idx]), jnp.asarray(labels[idx].astype(np.int32)))
   nan = jnp.full((k,), jnp.nan, jnp.float32)
   fit = ridge.RidgeFit(weights=params["w"], bias=params["b"], alpha=nan, cv_mse=nan[None],
-                       alphas=jnp.full((1,), jnp.nan, jnp.float32), target_mean=nan)
+                       alphas=jnp.full((1,), jnp.nan, jnp.float32), target_mean=nan,
+                       fitted=jnp.ones((k,), bool), edge=jnp.zeros((k,), jnp.int8),
+                       float64=jnp.zeros((k,), bool), dual=jnp.asarray(False))
   return fit, float(loss)
 
 

@@ -210,12 +210,13 @@ class Pipeline:
   # Checkpoints
 
   def identity(self, layout: dict[str, Any]) -> dict[str, Any]:
-    """What a fitted probe depends on (see `checkpoint.check`): task, backbone, weights, layer,
-    preprocessing, training data, ridge settings and the task's target layout."""
+    """What a fitted probe depends on (see `checkpoint.check`): task, backbone, weights, layer and
+    its map reduction, preprocessing, training data, ridge settings and the task's target layout."""
     c = self.config
     return {"task": c.task, "backbone": self.backbone.name, "weights": self.backbone.weights_id,
-            "layer": self.layer, "preprocessing": preprocessing(self.backbone, c),
-            "train": c.data.train, "ridge": {k: c.ridge[k] for k in ("alphas", "num_folds", "per_target", "dtype")},
+            "layer": self.layer, "reduce": features.reduction(self.reduce, self.layer) or "default",
+            "preprocessing": preprocessing(self.backbone, c), "train": c.data.train,
+            "ridge": {k: c.ridge.get(k, False) for k in ("alphas", "num_folds", "per_target", "dtype", "extend_grid")},
             "layout": layout}
 
   def save(self, workdir: str, fits: dict[str, ridge.RidgeFit], layout: dict[str, Any],

@@ -33,7 +33,7 @@ RidgeRows = ridge_dual.RidgeRows
 Stats = Union[RidgeStats, RidgeRows]
 
 __all__ = ["PATHS", "RidgeFit", "RidgeRows", "RidgeStats", "Stats", "alpha_at_edge", "choose_path",
-           "fit", "init", "kfold_ids", "predict", "projection_moments", "solve", "target_moments",
+           "fit", "init", "kfold_ids", "mean_fit", "predict", "projection_moments", "solve", "target_moments",
            "update"]
 
 
@@ -87,6 +87,8 @@ def solve(stats: Stats, *, alphas: Sequence[float], per_target: bool = True,
   """
   counts = np.asarray(stats.count, np.float64)
   folds = ridge_cv.check_folds(folds, counts)
+  if len(folds) < 2:
+    return mean_fit(stats, folds, alphas)
   kw = dict(per_target=per_target, extend_grid=extend_grid, dtype=jnp.dtype(stats.dtype))
   if isinstance(stats, RidgeRows):
     parts, fallback = ridge_dual.parts(stats, folds, target_block)
@@ -141,9 +143,29 @@ def fit(X: Any, Y: Any, *, alphas: Sequence[float], num_folds: int = 4, per_targ
       stats = ridge_primal.update(stats, X[r], Y[r], fold_ids[r])
   counts = np.asarray(stats.count)
   used = ridge_cv.check_folds(folds, counts)
+  if len(used) < 2:
+    return mean_fit(stats, used, alphas)
   solver = ridge_primal.PrimalSolver(stats, used, rows=(X, Y, fold_ids), target_block=target_block)
   return _solve_primal(solver, stats, alphas, dict(per_target=per_target, extend_grid=extend_grid,
                                                    dtype=dtype))
+
+
+def mean_fit(stats: Stats, folds: Sequence[int], alphas: Sequence[float], num_targets: int | None = None
+             ) -> RidgeFit:
+  """Where fewer than two folds hold rows: every target predicts its mean over the rows of `folds`
+  (fitted False; 0 where there are none)."""
+  k = stats.num_targets if num_targets is None else num_targets
+  folds = np.asarray(list(folds), int)
+  if isinstance(stats, RidgeRows):
+    y = stats.y[:stats.size][np.isin(stats.fold_ids[:stats.size], folds)].astype(np.float64)
+    present = ~np.isnan(y)
+    mean = np.nansum(y, 0) / np.maximum(present.sum(0), 1)
+  else:
+    count = np.asarray(stats.count, np.float64)[folds].sum()
+    mean = (np.asarray(stats.sum_y, np.float64)[folds].sum(0) / count + np.asarray(stats.shift_y, np.float64)
+            if count else np.zeros(stats.num_targets))
+  return ridge_cv.unfitted(k, stats.num_features, alphas, mean[:k], jnp.dtype(stats.dtype),
+                           isinstance(stats, RidgeRows))
 
 
 @jax.jit

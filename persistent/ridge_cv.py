@@ -153,17 +153,26 @@ def check_batch(x: Any, y: Any, fold_ids: Any, d: int, k: int, num_folds: int, *
 
 
 def check_folds(folds: Sequence[int] | None, counts: np.ndarray) -> list[int]:
-  """The CV folds (default: all), each distinct, in range and with samples."""
+  """The CV folds (default: all) that hold rows, sorted; each requested fold distinct and in range.
+
+  A fold without rows contributes nothing to training or to held-out error, so leaving it out
+  changes no number. Fewer than two folds with rows cannot cross-validate: the caller then
+  gives every target its mean (`unfitted`).
+  """
   num_folds = counts.shape[0]
   folds = list(range(num_folds)) if folds is None else [int(f) for f in folds]
   if len(set(folds)) != len(folds) or any(not 0 <= f < num_folds for f in folds):
     raise ValueError(f"folds must be distinct fold indices in [0, {num_folds}), got {folds}")
   if len(folds) < 2:
     raise ValueError(f"cross-validation needs at least 2 folds, got folds={folds}")
-  if np.any(counts[folds] <= 0):
-    raise ValueError(f"every fold needs samples; samples per fold: {counts.astype(int).tolist()}"
-                     f" (folds used: {folds})")
-  return sorted(folds)
+  return sorted(f for f in folds if counts[f] > 0)
+
+
+def unfitted(k: int, d: int, alphas: Sequence[float], mean: np.ndarray, dtype: Any, dual: bool) -> RidgeFit:
+  """The fit of targets that cannot be cross-validated (fewer than two folds hold rows):
+  every target predicts `mean` (see RidgeFit)."""
+  return cross_validate([], k, d, alphas, per_target=True, extend_grid=False, dtype=dtype, dual=dual,
+                        fallback_mean=np.nan_to_num(np.asarray(mean, np.float64)))
 
 
 # ----------------------------------------------------------------------------- the driver

@@ -160,9 +160,16 @@ def test_multidevice_rgb_task_metrics_match(tmp_path, monkeypatch):
     c.mesh.devices, c.mesh.model = devices, model
     metrics[devices] = experiment.run(c, str(tmp_path / f"d{devices}"))
   assert metrics[4]["n_train"] == 40 and metrics[4]["num_targets"] == 108
-  for key, value in metrics[1].items():
-    if key != "seconds":
-      np.testing.assert_allclose(metrics[4][key], value, rtol=1e-4, err_msg=key)
+  def leaves(m, prefix=""):
+    for key, value in m.items():
+      if isinstance(value, dict):
+        yield from leaves(value, f"{prefix}{key}/")
+      elif key != "seconds":
+        yield prefix + key, value
+
+  four = dict(leaves(metrics[4]))
+  for key, value in leaves(metrics[1]):
+    np.testing.assert_allclose(four[key], value, rtol=1e-4, err_msg=key)
 
 
 @multidevice
@@ -235,7 +242,8 @@ def _free_port() -> int:
 
 
 def test_two_processes_match_one():
-  """Two JAX processes (2 CPU devices each, a 2x2 mesh) run probe.fit on their halves of a source."""
+  """Two JAX processes (2 CPU devices each, a 2x2 mesh) fit a probe.Pipeline head on their halves
+  of a source."""
   port = _free_port()
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]),
              XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip())
@@ -262,15 +270,15 @@ def _two_process_worker(process_id: int, port: int) -> None:
   c.distributed.coordinator_address, c.distributed.num_processes = f"localhost:{port}", 2
   c.distributed.process_id = process_id
   c.mesh.model = 2
-  c.backbone.layer, c.batch_size, c.features.cache_dir = "map", 8, ""
+  c.backbone.layer, c.batch_size, c.features.cache_dir, c.features.reduce = "map", 8, "", "flatten"
   c.ridge.dtype = "float64"  # 256 features for 41 images: float32 rounding would dominate the check
   jax.config.update("jax_enable_x64", True)
   assert distributed.initialize(c) and jax.process_count() == 2 and len(jax.devices()) == 4
   src = data.open_source("synthetic:n=41,size=16")  # shares of 21 and 20 rows: 3 steps each
   net = tiny_backbone()
   targets = lambda exs: rgb.targets(exs, 3)
-  fit = probe.fit(c, net, src, targets)
-  X = features.extract(net, "map", src, batch_size=8, progress=False)
+  fit = probe.Pipeline(c, backbone=net).fit(src, [probe.Head("rgb", 27, targets)]).fits["rgb"]
+  X = features.extract(net, "map", src, batch_size=8, progress=False, reduce="flatten")
   Y = targets(list(src))
   ref = ridge.fit(X.astype(np.float64), Y.astype(np.float64), alphas=c.ridge.alphas, batch_size=8,
                   dtype=np.float64)

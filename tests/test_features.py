@@ -32,7 +32,7 @@ def test_l2_normalize_keeps_zero_rows_finite():
 def test_extract_matches_direct_application():
   src = data.open_source("synthetic:n=7,size=32")
   net = tiny_backbone()
-  f = features.extract(net, "map", src, batch_size=3, progress=False)  # last batch padded
+  f = features.extract(net, "map", src, batch_size=3, progress=False, reduce="flatten")  # last batch padded
   assert f.shape == (7, 8 * 8 * 4)
   imgs = features.prepare([src[i] for i in range(7)], (16, 16))
   ref = np.asarray(net(imgs)["map"]).reshape(7, -1)

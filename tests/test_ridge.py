@@ -432,6 +432,28 @@ def test_folds_subset_equals_fit_on_those_rows(path):
       ridge.solve(stats, alphas=ALPHAS, folds=bad)
 
 
+@pytest.mark.parametrize("path", ["primal", "dual"])
+def test_folds_without_rows_are_left_out(path):
+  """A fold that got no rows (a small run, a head whose rows are few) changes nothing: CV runs
+  over the folds that hold rows, as the float64 brute force on those folds; with fewer than two
+  such folds every target predicts its mean over the rows there."""
+  X, Y = problem(16, 40, 6, 2)
+  fold_ids = np.array([0, 2, 3] * 13 + [0])  # fold 1 empty
+  fit = ridge.fit(X, Y, alphas=ALPHAS, fold_ids=fold_ids, num_folds=4, path=path, dtype="float32")
+  assert_matches(fit, brute_force(X, Y, ALPHAS, fold_ids), rtol=2e-3, cv_rtol=2e-4)
+  assert np.asarray(fit.fitted).all()
+  stats = ridge.init(6, 2, 4, path=path)
+  stats = ridge.update(stats, X, Y, fold_ids)
+  one = ridge.solve(stats, alphas=ALPHAS, folds=[1, 2])  # fold 1 empty: one fold left
+  assert not np.asarray(one.fitted).any() and np.isnan(np.asarray(one.alpha)).all()
+  np.testing.assert_allclose(np.asarray(one.bias), Y[fold_ids == 2].mean(0), rtol=1e-5)
+  np.testing.assert_array_equal(np.asarray(one.weights), 0)
+  np.testing.assert_allclose(np.asarray(ridge.predict(one, X[:3])), np.tile(Y[fold_ids == 2].mean(0), (3, 1)),
+                             rtol=1e-5)
+  none = ridge.solve(ridge.init(6, 2, 4, path=path), alphas=ALPHAS)
+  np.testing.assert_array_equal(np.asarray(none.bias), 0)
+
+
 # ----------------------------------------------------------------------------- lambda grid edges
 
 
