@@ -139,9 +139,25 @@ def test_multidevice_accumulator_checks_inputs():
   with pytest.raises(ValueError, match="NaN"):
     acc.update(np.full((4, 3), np.nan), np.ones((4, 2)), np.zeros(4, int))
   acc.update(np.zeros((0, 3)), np.zeros((0, 2)), np.zeros(0, int))  # empty first batch: ignored
-  acc.update(np.ones((4, 3)), np.ones((4, 2)), np.zeros(4, int))
-  with pytest.raises(ValueError, match="samples per fold"):
-    acc.solve(alphas=ALPHAS)
+  acc.update(np.ones((4, 3)), np.full((4, 2), 2.0), np.zeros(4, int))
+  fit = acc.solve(alphas=ALPHAS)  # one fold holds rows: nothing to cross-validate, the mean
+  assert not np.asarray(fit.fitted).any()
+  np.testing.assert_allclose(np.asarray(fit.bias), 2.0)
+  np.testing.assert_array_equal(np.asarray(fit.weights), 0)
+
+
+@multidevice
+def test_multidevice_fold_without_rows_left_out():
+  """Fold 1 empty: the sharded solve equals the single-device one on the folds that hold rows."""
+  rng = np.random.default_rng(3)
+  x, y = rng.normal(size=(60, 5)), rng.normal(size=(60, 7))
+  folds = np.array([0, 2, 3] * 20)
+  acc = distributed.Accumulator(distributed.make_mesh(dict(devices=4)), 5, 7, 4)
+  acc.update(x, y, folds)
+  got, ref = acc.solve(alphas=ALPHAS), ridge.fit(x, y, alphas=ALPHAS, fold_ids=folds, num_folds=4)
+  np.testing.assert_allclose(np.asarray(got.cv_mse), np.asarray(ref.cv_mse), rtol=1e-4)
+  np.testing.assert_array_equal(np.asarray(got.alpha), np.asarray(ref.alpha))
+  np.testing.assert_allclose(np.asarray(got.weights), np.asarray(ref.weights), rtol=1e-3, atol=1e-5)
 
 
 @multidevice
