@@ -166,13 +166,20 @@ class _CacheEntry:
         logging.info("feature cache %s (layer %s): waiting for process %s, which is writing it", path, layer,
                      self.lock.owner() or "?")
         self.lock.acquire()
-      if self._load():  # the other process finished it
-        self.lock.release()
-        self.lock = None
-        return
-      self._held.add(path)
-      self._clean()
-      self._find_chunks()
+      try:
+        if self._load():  # the other process finished it
+          self.lock.release()
+          self.lock = None
+          return
+        self._held.add(path)
+        self._clean()
+        self._find_chunks()
+      except BaseException:
+        self._held.discard(path)
+        if self.lock is not None:
+          self.lock.release()
+          self.lock = None
+        raise
 
   @property
   def parts(self) -> str:
@@ -256,7 +263,7 @@ class _CacheEntry:
     if self.lock is None:
       return
     self._flush()
-    if self.flushed == self.rows:
+    if self.flushed == self.rows and self.chunks:
       width = self.chunks[0][2].shape[1]
       def assemble(f):
         np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),

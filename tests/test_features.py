@@ -155,7 +155,7 @@ def test_sigkill_midway_then_rerun_resumes_and_matches(tmp_path):
   """A real extraction process killed (SIGKILL) after its first chunks resumes after the last
   complete chunk and gives exactly the uninterrupted run's features."""
   chunk = 8 * 8 * 4 * 4 * 8  # 8 rows of the 256-d map a chunk: 6 chunks of 48 rows
-  victim = _worker(tmp_path / "cache", tmp_path / "never.npy", delay=0.25, chunk_bytes=chunk)
+  victim = _worker(tmp_path / "cache", tmp_path / "never.npy", delay=0.5, chunk_bytes=chunk)
   reference = _reference()
   try:
     parts = None
