@@ -44,3 +44,30 @@ def test_unwritable_workdir_is_named(tmp_path, stub_task):
   (tmp_path / "file").write_text("not a folder")
   with pytest.raises(OSError, match=f"cannot create the workdir .*{tmp_path}/file/run"):
     experiment.run(stub_task, str(tmp_path / "file" / "run"))
+
+
+def test_full_disk_in_the_feature_cache_fails_a_real_run_cleanly(tmp_path, monkeypatch):
+  """rgb:tiny with a cache on a full disk: the error names the chunk being written, an earlier
+  result and no new metrics.json remain, and the cache's earlier entry is untouched."""
+  import numpy as np
+  from persistent import data, features
+  from test_features import tiny_backbone
+  cache = tmp_path / "cache"
+  features.extract(tiny_backbone(), "pooled", data.open_source("synthetic:n=4,size=32"), batch_size=2,
+                   cache_dir=str(cache), progress=False)
+  (earlier,) = os.listdir(cache)
+  before = (cache / earlier).read_bytes()
+  (tmp_path / "run").mkdir()
+  (tmp_path / "run" / "metrics.json").write_text('{"mae": 1}')
+  real_save = np.save
+
+  def full(f, *args, **kwargs):
+    real_save(f, *args, **kwargs)
+    raise OSError(errno.ENOSPC, "No space left on device")
+  monkeypatch.setattr(np, "save", full)
+  c = rgb.get_config("tiny")
+  c.features.cache_dir = str(cache)
+  with pytest.raises(OSError, match=f"No space left on device\\): '{cache}/[0-9a-f]+.partial/rows_[0-9]+-[0-9]+.npy'"):
+    experiment.run(c, str(tmp_path / "run"))
+  assert not (tmp_path / "run" / "metrics.json").exists()
+  assert sorted(os.listdir(cache)) == [earlier] and (cache / earlier).read_bytes() == before
