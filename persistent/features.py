@@ -40,7 +40,8 @@ from persistent.data import images as image_lib
 
 CACHE_VERSION = 2
 DEFAULT_GRID = 3
-CHUNK_BYTES = 64 << 20  # rows of a cache entry written (and kept after a kill) at a time
+CHUNK_BYTES = 64 << 20  # rows of a pass's cache entries written (and kept after a kill) at a time
+MIN_LAYER_CHUNK_BYTES = 4 << 20  # a layer's chunks when a pass writes many layers
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
@@ -316,7 +317,8 @@ def iterate_layers(backbone: Backbone, layers: Sequence[str], source: data_lib.S
   """Yields (examples, {layer: features (B, D_layer) float32}) in source order.
 
   With `cache_dir`, each layer's features come from its cache entry when present and are written
-  to it when not, in atomic chunks of about `chunk_bytes`, so that a rerun after a kill resumes
+  to it when not, in atomic chunks (about `chunk_bytes` for all layers together, at least 4 MB a
+  layer), so that a rerun after a kill resumes
   after the last complete chunk (see `_CacheEntry`); one forward pass computes every layer that is
   not on disk. `indices` restricts the pass to some examples (no cache). `sharding` (e.g. a batch
   split over local devices; batch_size must suit it) places each image batch before the jitted
@@ -336,6 +338,8 @@ def iterate_layers(backbone: Backbone, layers: Sequence[str], source: data_lib.S
       path = os.path.join(cache_dir, cache_key(backbone, l, source, normalize, reduce) + ".npy") if use_cache else None
       files[l] = _CacheEntry(path, len(source), l, chunk_bytes)
     missing = tuple(l for l in layers if files[l].cached is None)
+    for l in missing:  # rows wait in memory until their chunk is full: about chunk_bytes in all
+      files[l].chunk_bytes = max(chunk_bytes // len(missing), min(chunk_bytes, MIN_LAYER_CHUNK_BYTES))
     fn = _taps(backbone, missing, tuple(reduction(reduce, l) for l in missing), normalize) if missing else None
     names = ",".join(layers) if len(layers) <= 3 else f"{len(layers)} layers"
     bar = _Progress(len(source) if indices is None else len(indices),
