@@ -197,7 +197,8 @@ class _CacheEntry:
 
   def _clean(self) -> None:
     """Removes temporary files (of this entry, under its lock: their writers are dead)."""
-    stale = glob.glob(glob.escape(self.path) + ".*.tmp.npy") + glob.glob(os.path.join(glob.escape(self.parts), "*.tmp.npy"))
+    stale = (glob.glob(glob.escape(self.path) + ".*.tmp.npy")
+             + glob.glob(os.path.join(glob.escape(self.parts), "*.tmp.npy")))
     for f in stale:
       os.remove(f)
     if stale:
@@ -318,11 +319,10 @@ def iterate_layers(backbone: Backbone, layers: Sequence[str], source: data_lib.S
 
   With `cache_dir`, each layer's features come from its cache entry when present and are written
   to it when not, in atomic chunks (about `chunk_bytes` for all layers together, at least 4 MB a
-  layer), so that a rerun after a kill resumes
-  after the last complete chunk (see `_CacheEntry`); one forward pass computes every layer that is
-  not on disk. `indices` restricts the pass to some examples (no cache). `sharding` (e.g. a batch
-  split over local devices; batch_size must suit it) places each image batch before the jitted
-  forward pass, so that extraction runs data-parallel.
+  layer), so that a rerun after a kill resumes after the last complete chunk (see `_CacheEntry`);
+  one forward pass computes every layer that is not on disk. `indices` restricts the pass to some
+  examples (no cache). `sharding` (e.g. a batch split over local devices; batch_size must suit it)
+  places each image batch before the jitted forward pass, so that extraction runs data-parallel.
   """
   layers = list(dict.fromkeys(layers))
   use_cache = bool(cache_dir) and indices is None

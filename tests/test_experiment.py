@@ -35,7 +35,8 @@ def test_full_disk_at_metrics_names_the_file_and_leaves_none(tmp_path, stub_task
   def full(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")
   monkeypatch.setattr(json, "dump", full)
-  with pytest.raises(OSError, match=f"cannot write metrics.json \\(No space left on device\\): '{tmp_path}/metrics.json'"):
+  message = f"cannot write metrics.json \\(No space left on device\\): '{tmp_path}/metrics.json'"
+  with pytest.raises(OSError, match=message):
     experiment.run(stub_task, str(tmp_path))
   assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "metrics.json.tmp").exists()
 

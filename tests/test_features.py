@@ -122,7 +122,8 @@ def test_stale_temporary_files_are_removed(tmp_path, caplog):
   net = tiny_backbone()
   entry = str(tmp_path / (features.cache_key(net, "pooled", src, True) + ".npy"))
   os.makedirs(entry[:-4] + ".partial")
-  stale = [entry + ".999999.tmp.npy", os.path.join(entry[:-4] + ".partial", "rows_000000000-000000002.npy.999999.tmp.npy")]
+  stale = [entry + ".999999.tmp.npy",
+           os.path.join(entry[:-4] + ".partial", "rows_000000000-000000002.npy.999999.tmp.npy")]
   for f in stale:
     open(f, "wb").write(b"half a chunk")
   with caplog.at_level(logging.INFO):
@@ -134,7 +135,8 @@ def test_stale_temporary_files_are_removed(tmp_path, caplog):
 def _worker(cache_dir, out, delay=0.0, chunk_bytes=features.CHUNK_BYTES, barrier=""):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   args = [str(cache_dir), str(out), str(delay), str(chunk_bytes), str(barrier)]
-  return subprocess.Popen([sys.executable, WORKER, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  return subprocess.Popen([sys.executable, WORKER, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
 
 
 def _reference():
@@ -209,7 +211,8 @@ def test_full_disk_names_the_file_and_spares_other_entries(tmp_path, monkeypatch
     real_save(f, *args, **kwargs)
     raise OSError(errno.ENOSPC, "No space left on device")
   monkeypatch.setattr(np, "save", full)
-  with pytest.raises(OSError, match=r"cannot write the feature cache \(No space left on device\): .*rows_000000000") as e:
+  message = r"cannot write the feature cache \(No space left on device\): .*rows_000000000"
+  with pytest.raises(OSError, match=message) as e:
     features.extract(net, "map", src, batch_size=2, cache_dir=str(tmp_path), progress=False, chunk_bytes=1)
   assert e.value.errno == errno.ENOSPC
   monkeypatch.undo()

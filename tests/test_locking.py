@@ -14,7 +14,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def hold(path, workdir=False):
   """A process that takes the lock on `path` (or the workdir lock of folder `path`) and sleeps."""
-  take = f"held = locking.workdir({path!r}); held.__enter__()" if workdir else f"held = locking.FileLock({path!r}); held.acquire()"
+  take = (f"held = locking.workdir({path!r}); held.__enter__()" if workdir
+          else f"held = locking.FileLock({path!r}); held.acquire()")
   proc = subprocess.Popen([sys.executable, "-c", f"import time\nfrom persistent import locking\n{take}\n"
                            "print('held', flush=True)\ntime.sleep(120)"],
                           cwd=ROOT, stdout=subprocess.PIPE, text=True)
