@@ -226,3 +226,17 @@ def test_unwritable_cache_dir_names_it(tmp_path):
   with pytest.raises(OSError, match=f"cannot create the feature cache directory .*{blocker}"):
     features.extract(tiny_backbone(), "pooled", data.open_source("synthetic:n=2,size=32"),
                      cache_dir=str(blocker / "cache"), progress=False)
+
+
+def test_a_second_pass_over_an_entry_being_written_in_this_process_does_not_wait(tmp_path):
+  """The entry's lock is this process's own: a nested pass computes without the cache (no deadlock)."""
+  src = data.open_source("synthetic:n=6,size=32")
+  net = tiny_backbone()
+  want = features.extract(net, "pooled", src, batch_size=2, progress=False)
+  outer = features.iterate(net, "pooled", src, batch_size=2, cache_dir=str(tmp_path), progress=False)
+  first = [next(outer)[1]]
+  assert np.array_equal(features.extract(net, "pooled", src, batch_size=2, cache_dir=str(tmp_path),
+                                         progress=False), want)
+  first += [f for _, f in outer]
+  assert np.array_equal(np.concatenate(first), want)
+  assert os.listdir(tmp_path) == [features.cache_key(net, "pooled", src, True) + ".npy"]
