@@ -196,9 +196,10 @@ class _CacheEntry:
     return True
 
   def _clean(self) -> None:
-    """Removes temporary files (of this entry, under its lock: their writers are dead)."""
-    stale = (glob.glob(glob.escape(self.path) + ".*.tmp.npy")
-             + glob.glob(os.path.join(glob.escape(self.parts), "*.tmp.npy")))
+    """Removes this entry's temporary files whose writers are dead (under the entry's lock no live
+    writer can be at work; the pid check also spares writers that take no lock, older versions)."""
+    stale = [f for f in glob.glob(glob.escape(self.path) + ".*.tmp.npy")
+             + glob.glob(os.path.join(glob.escape(self.parts), "*.tmp.npy")) if not _alive(f)]
     for f in stale:
       os.remove(f)
     if stale:
@@ -291,6 +292,23 @@ class _CacheEntry:
       self._held.discard(self.path)
       self.lock.release()
       self.lock = None
+
+
+def _alive(tmp: str) -> bool:
+  """Whether the process that names temporary file `tmp` (PATH.PID.tmp.npy) runs on this host."""
+  m = re.search(r"\.(\d+)\.tmp\.npy$", tmp)
+  if not m:
+    return False
+  pid = int(m.group(1))
+  if pid == os.getpid():
+    return True
+  try:
+    os.kill(pid, 0)  # no signal sent: only whether the process exists
+  except PermissionError:  # it exists, another user's
+    return True
+  except (ProcessLookupError, OverflowError):
+    return False
+  return True
 
 
 def _save_atomic(path: str, write: Callable[[Any], None]) -> None:

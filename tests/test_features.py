@@ -124,12 +124,13 @@ def test_stale_temporary_files_are_removed(tmp_path, caplog):
   os.makedirs(entry[:-4] + ".partial")
   stale = [entry + ".999999.tmp.npy",
            os.path.join(entry[:-4] + ".partial", "rows_000000000-000000002.npy.999999.tmp.npy")]
-  for f in stale:
+  live = f"{entry}.{os.getppid()}.tmp.npy"  # a live process's (one that takes no lock, an older version)
+  for f in stale + [live]:
     open(f, "wb").write(b"half a chunk")
   with caplog.at_level(logging.INFO):
     features.extract(net, "pooled", src, batch_size=2, cache_dir=str(tmp_path), progress=False)
   assert "removed 2 temporary files" in caplog.text
-  assert os.listdir(tmp_path) == [os.path.basename(entry)]
+  assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(entry), os.path.basename(live)])
 
 
 def _worker(cache_dir, out, delay=0.0, chunk_bytes=features.CHUNK_BYTES, barrier=""):
