@@ -1,26 +1,32 @@
 """Runs one configured experiment in a work directory: logs, config, task, metrics."""
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import logging
 import os
 import time
 from typing import Any
 
-import copy
-
 import jax
 import ml_collections
 
-from persistent import distributed, figures, probe, sweep, tasks
+from persistent import distributed, figures, locking, probe, sweep, tasks
 from persistent.figures import depth as depth_figures
 
 
 def _write_json_atomic(path: str, obj: Any) -> None:
+  """The whole file or none (a full disk removes the partial file and names `path`)."""
   tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  try:
+    with open(tmp, "w") as f:
+      json.dump(obj, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+  except OSError as e:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    raise OSError(e.errno, f"cannot write {os.path.basename(path)} ({e.strerror or e})", path) from e
 
 
 def requested_layers(config: ml_collections.ConfigDict, backbone=None) -> list[str]:
@@ -92,14 +98,23 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs config.task; metrics.json appears only when the task completed.
 
   With several processes, process 0 writes to workdir and process i > 0 to workdir/process_i,
-  so that hosts sharing a file system never write the same files.
+  so that hosts sharing a file system never write the same files. A workdir is locked while a run
+  uses it (`workdir/.lock`): a second run there fails at once with `locking.Busy`.
   """
   if config.ridge.dtype == "float64":
     jax.config.update("jax_enable_x64", True)
   distributed.initialize(config)  # several hosts: before anything touches a device
   if jax.process_index() > 0:
     workdir = os.path.join(workdir, f"process_{jax.process_index()}")
-  os.makedirs(workdir, exist_ok=True)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise OSError(e.errno, f"cannot create the workdir ({e.strerror})", workdir) from e
+  with locking.workdir(workdir):  # a second run in this workdir fails at once while this one lives
+    return _run_in(config, workdir)
+
+
+def _run_in(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   metrics_path = os.path.join(workdir, "metrics.json")
   if os.path.exists(metrics_path):  # never leave an old result beside a new, failed run
     os.remove(metrics_path)

@@ -1,5 +1,7 @@
-"""Every task's `:tiny` config end to end: on 1 and on 4 (forced CPU) devices with equal metrics,
-and landmarks and segmentation on two real processes against one.
+"""Every task's `:tiny` config end to end: run twice in two processes (other hash seeds), on 1 and
+on 4 (forced CPU) devices, with byte-identical metrics.json apart from timing fields and 1 device
+agreeing with 4; targets split over devices for rgb and segmentation; landmarks and segmentation
+on two real processes against one.
 
 The 4-device runs need XLA_FLAGS=--xla_force_host_platform_device_count=4 before JAX starts:
 `test_tiny_runs_on_four_devices` reruns this file in such a subprocess (the inner test skips in an
@@ -61,13 +63,15 @@ def test_tiny_runs_on_four_devices():
 
 
 @pytest.mark.skipif(not INNER, reason="runs inside test_tiny_runs_on_four_devices")
-@pytest.mark.parametrize("task", TASKS)
-def test_inner_one_and_four_devices_agree(task, tmp_path):
+@pytest.mark.parametrize("task", ["rgb", "segmentation"])
+def test_inner_targets_split_over_devices_agree(task, tmp_path):
+  """A ('data', 'model') = (2, 2) mesh, targets split, against one device (the pure data-parallel
+  (4, 1) mesh of every task is checked by test_same_command_twice_gives_identical_metrics)."""
   import jax
   from persistent import experiment
   assert len(jax.devices()) == 4
   runs = {}
-  meshes = ((1, 1), (4, 1), (4, 2)) if task in ("rgb", "segmentation") else ((1, 1), (4, 1))  # targets split too
+  meshes = ((1, 1), (4, 2))
   for devices, model in meshes:
     c = tiny(task)
     c.mesh.devices, c.mesh.model = devices, model
@@ -114,3 +118,44 @@ def test_two_processes_agree_with_one(task, tmp_path):
   assert_same_metrics(got, want)
   assert (tmp_path / "two" / "checkpoint" / "metadata.json").exists()
   assert not (tmp_path / "two" / "process_1" / "checkpoint").exists()  # process 0 writes the results
+
+
+def without_timing(tree):
+  """A metrics tree without its timing (and memory) fields, which differ between identical runs."""
+  if isinstance(tree, dict):
+    return {k: without_timing(v) for k, v in tree.items() if k not in NOT_COMPARED}
+  if isinstance(tree, list):
+    return [without_timing(v) for v in tree]
+  return tree
+
+
+def run_meshes(task, workdir):
+  """Inside a process with 4 CPU devices: the task's tiny run on 1 device and on 4 (uncached), in
+  workdir/1 and workdir/4."""
+  from persistent import experiment
+  for devices in (1, 4):
+    c = tiny(task)
+    c.mesh.devices = devices
+    experiment.run(c, os.path.join(workdir, str(devices)))
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_same_command_twice_gives_identical_metrics(task, tmp_path):
+  """Two processes (other hash seeds) run the same tiny config, on one device and on a forced
+  4-device CPU mesh: each metrics.json is byte for byte the other's, timing fields aside."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip())
+  code = f"import sys; sys.path.insert(0, 'tests'); import test_tiny_runs as t; t.run_meshes({task!r}, sys.argv[1])"
+  procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / run)], cwd=ROOT,
+                            env=dict(env, PYTHONHASHSEED=str(seed)), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True) for run, seed in (("a", 1), ("b", 2))]
+  for p in procs:
+    out = p.communicate(timeout=600)[0]
+    assert p.returncode == 0, out[-5000:]
+  for devices in ("1", "4"):
+    a, b = (json.loads((tmp_path / run / devices / "metrics.json").read_text()) for run in ("a", "b"))
+    assert "seconds" in a
+    dump = lambda m: json.dumps(without_timing(m), indent=2, sort_keys=True)
+    assert dump(a) == dump(b), (devices, sorted(set(numbers(a).items()) ^ set(numbers(b).items()))[:10])
+  one, four = (json.loads((tmp_path / "a" / devices / "metrics.json").read_text()) for devices in ("1", "4"))
+  assert_same_metrics(four, one)  # and one device agrees with four to float32 rounding

@@ -517,3 +517,28 @@ def test_reader_does_not_need_torch(monkeypatch):
   monkeypatch.setitem(sys.modules, "torch", None)  # any `import torch` would now fail
   sd = tio.load_torch_state_dict(os.path.join(FIXTURES, "torch_small_zip.pt"))
   assert sd["param"].shape == (2, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fuzzing: files torch wrote, damaged byte by byte (as tests/test_data_fuzz.py does for the data
+# readers), load or raise CheckpointError naming the file, quickly; nothing else escapes.
+
+sys.path.insert(0, os.path.dirname(__file__))
+from fuzz_tools import byte_op, mutate_bytes  # noqa: E402
+
+
+@hypothesis.settings(max_examples=300, deadline=None, derandomize=True,
+                     suppress_health_check=list(hypothesis.HealthCheck))
+@hypothesis.given(st.sampled_from(["torch_small_zip.pt", "torch_small_legacy.pt"]),
+                  st.lists(byte_op, min_size=1, max_size=4))
+def test_damaged_files_raise_checkpoint_errors_naming_them(tmp_path_factory, name, ops):
+  import time
+  path = tmp_path_factory.mktemp("fuzz") / name
+  path.write_bytes(mutate_bytes(open(os.path.join(FIXTURES, name), "rb").read(), ops))
+  start = time.perf_counter()
+  try:
+    got = tio.load_torch_state_dict(path)
+    assert all(isinstance(v, np.ndarray) for v in got.values())
+  except tio.CheckpointError as e:
+    assert str(path) in str(e), e
+  assert time.perf_counter() - start < 3.0

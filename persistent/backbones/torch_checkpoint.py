@@ -251,8 +251,10 @@ def _unpickle(data: bytes | BinaryIO, storages: dict[str, _Storage], where: str)
   file = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
   try:
     return _RestrictedUnpickler(file, storages, where).load()
-  except CheckpointError:
-    raise
+  except CheckpointError as e:
+    if where in str(e):
+      raise
+    raise type(e)(f"{where}: {e}") from None  # a rebuild function's error, which cannot know the file
   except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
           AttributeError, struct.error, UnicodeDecodeError, MemoryError, OverflowError) as e:
     raise CheckpointError(f"{where} is damaged or not a PyTorch checkpoint: cannot unpickle "
@@ -305,26 +307,32 @@ def _read_legacy(f: BinaryIO, where: str) -> tuple[Any, dict[str, _Storage]]:
   return obj, storages
 
 
+# What zipfile raises on damaged archives (bad CRC, names that are not UTF-8, unknown compression
+# methods, truncated records); found by fuzzing (tests/test_torch_checkpoint.py).
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, NotImplementedError,
+               struct.error)
+
+
 def _read_zip(path: str, where: str) -> tuple[Any, dict[str, _Storage]]:
   storages: dict[str, _Storage] = {}
   try:
     zf = zipfile.ZipFile(path)
-  except (zipfile.BadZipFile, OSError) as e:
+  except _ZIP_ERRORS as e:  # a damaged directory: bad names, sizes, offsets, methods
     raise CheckpointError(f"{where} is not a readable zip checkpoint: {e}") from None
-  with zf:
-    names = zf.namelist()
-    pkl = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
-    if len(pkl) != 1:
-      raise CheckpointError(f"{where}: zip checkpoint must hold exactly one '<archive>/data.pkl', "
-                            f"found {len(pkl)}")
-    prefix = pkl[0][: -len("data.pkl")]
-    big_endian = False
-    if prefix + "byteorder" in names:
-      order = zf.read(prefix + "byteorder").decode("ascii", "replace").strip()
-      if order not in ("little", "big"):
-        raise CheckpointError(f"{where}: unknown byteorder {order!r}")
-      big_endian = order == "big"
-    try:
+  try:
+    with zf:
+      names = zf.namelist()
+      pkl = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
+      if len(pkl) != 1:
+        raise CheckpointError(f"{where}: zip checkpoint must hold exactly one '<archive>/data.pkl', "
+                              f"found {len(pkl)}")
+      prefix = pkl[0][: -len("data.pkl")]
+      big_endian = False
+      if prefix + "byteorder" in names:
+        order = zf.read(prefix + "byteorder").decode("ascii", "replace").strip()
+        if order not in ("little", "big"):
+          raise CheckpointError(f"{where}: unknown byteorder {order!r}")
+        big_endian = order == "big"
       obj = _unpickle(zf.read(pkl[0]), storages, where)
       for key, storage in storages.items():
         member = f"{prefix}data/{key}"
@@ -336,8 +344,10 @@ def _read_zip(path: str, where: str) -> tuple[Any, dict[str, _Storage]]:
                                 f"{zf.getinfo(member).file_size} bytes, expected {nbytes}")
         with zf.open(member) as m:  # never more than the storage's size, whatever the zip claims
           storage.data = _decode_storage(m.read(nbytes), storage, big_endian, where)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as e:
-      raise CheckpointError(f"{where}: damaged zip checkpoint: {e}") from None
+  except CheckpointError:
+    raise
+  except _ZIP_ERRORS as e:  # the byteorder record and storages too
+    raise CheckpointError(f"{where}: damaged zip checkpoint: {e}") from None
   return obj, storages
 
 
