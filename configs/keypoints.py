@@ -12,9 +12,11 @@ Variants: '' (the objects of the synthetic scenes: 4 classes, 4 keypoints each, 
 test on val; ANNOT is the folder of per-class XML files, VOC2011 the VOCdevkit/VOC2011 folder),
 'lspet=DIR' (Leeds Sports Pose Extended in COCO keypoint JSON: DIR/person_keypoints.json and
 DIR/images, 14 joints), 'coco=ANN_JSON,IMAGE_DIR' (COCO person keypoints, 17 per person): both
-hold out a seeded `keypoints.holdout` of the images for testing, train on the rest and their
-mirror images (`keypoints.flip`, left and right joints exchanged), and probe a layer that keeps
-layout; 'tiny' (a seconds-long smoke run).
+hold out a seeded `keypoints.holdout` of the images for testing and probe a layer that keeps
+layout; `--config.keypoints.flip=True` adds the mirror image of every training person (left and
+right joints exchanged; it doubles the training rows, and invisible joints make the ridge solve
+one n x n eigendecomposition per fold and visibility pattern, so it costs ~8x the solve time);
+'tiny' (a seconds-long smoke run).
 """
 from persistent import config_lib
 
@@ -43,7 +45,6 @@ def get_config(arg: str | None = None):
     else:
       c.data.train = "coco_keypoints:" + ",".join(values)
     c.data.test = ""
-    c.keypoints.flip = True
   elif name == "tiny":
     config_lib.tiny(c, "synthetic_keypoints:n=16,seed=0,size=32", "synthetic_keypoints:n=6,seed=1,size=32")
   return c
