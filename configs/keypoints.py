@@ -45,8 +45,8 @@ def get_config(arg: str | None = None):
     else:
       c.data.train = "coco_keypoints:" + ",".join(values)
     c.data.test = ""
-    # Layout matters for body joints: the 4x4 grid of the head map (see README for each layer tried).
-    c.backbone.layer, c.features.reduce = "head_map", "grid:4"
+    # Layout matters for body joints: the whole 7x7 head map (see README for each layer tried).
+    c.backbone.layer, c.features.reduce = "head_map", "flatten"
   elif name == "tiny":
     config_lib.tiny(c, "synthetic_keypoints:n=16,seed=0,size=32", "synthetic_keypoints:n=6,seed=1,size=32")
   return c
