@@ -162,3 +162,71 @@ def test_tiny_run_and_restore(tmp_path):
   c.restore = str(tmp_path / "a" / "checkpoint")
   m2 = experiment.run(c, str(tmp_path / "b"))
   assert m2["pck@0.1"] == pytest.approx(m["pck@0.1"])
+
+
+# --- horizontal flips, hold-out splits, people ------------------------------------------------
+
+def test_flip_example_moves_pixels_and_swaps_left_and_right():
+  """Hand-made: a red left eye at pixel (row 1, col 2), a green right eye at (1, 6) of a 10x4
+  image; after the flip 'left_eye' is the mirrored right eye (green, col 3), 'right_eye' the
+  mirrored left eye (red, col 7), and visibility travels with the eye."""
+  image = np.zeros((4, 10, 3), np.uint8)
+  image[1, 2] = (255, 0, 0)
+  image[1, 6] = (0, 255, 0)
+  ex = {"image": image, "id": "person/7_1", "class": "person", "keypoint_names": ("nose", "left_eye", "right_eye"),
+        "keypoints": np.array([[0.0, 0.0], [2.5, 1.5], [6.5, 1.5]], np.float32),
+        "visible": np.array([False, True, False]), "box": np.array([1, 0, 8, 4], np.float32)}
+  f = kp_data.flip_example(ex)
+  np.testing.assert_allclose(f["keypoints"][1:], [[3.5, 1.5], [7.5, 1.5]])
+  np.testing.assert_array_equal(f["visible"], [False, False, True])
+  np.testing.assert_allclose(f["box"], [2, 0, 9, 4])
+  for j, colour in ((1, (0, 255, 0)), (2, (255, 0, 0))):  # each keypoint still sits on its pixel
+    x, y = np.floor(f["keypoints"][j]).astype(int)
+    np.testing.assert_array_equal(f["image"][y, x], colour)
+  assert f["id"] == "person/7_1/flip" and kp_data.class_of(f["id"]) == "person"
+  back = kp_data.flip_example(f)
+  np.testing.assert_array_equal(back["image"], image)
+  np.testing.assert_allclose(back["keypoints"], ex["keypoints"])
+  np.testing.assert_array_equal(back["visible"], ex["visible"])
+  np.testing.assert_allclose(back["box"], ex["box"])
+
+
+def test_image_of_keypoint_ids():
+  assert kp_data.image_of("person/7_12") == "7"
+  assert kp_data.image_of("cat/2008_000001_2") == kp_data.image_of("dog/2008_000001_1") == "2008_000001"
+  src = kp_task.with_flips(data.Source("s", ["person/1_1", "person/2_2"], lambda i: {"id": i}))
+  assert src.ids == ["person/1_1", "person/2_2", "person/1_1/flip", "person/2_2/flip"]
+
+
+def _visible_joints(doc, image_ids, min_v=1):
+  keep = [a for a in doc["annotations"] if a["image_id"] in image_ids and not a.get("iscrowd")]
+  return sum(int((np.array(a["keypoints"]).reshape(-1, 3)[:, 2] >= min_v).sum()) for a in keep)
+
+
+def test_lspet_variant_on_a_slice(tmp_path):
+  """configs/keypoints.py:lspet=DIR on 100 LSPET people: 20 held out, the training people and
+  their mirror images fitted, and exactly the labelled joints of the held-out people scored."""
+  from conftest import shared_path
+  from configs import keypoints as cfg
+  from persistent import experiment
+  root = shared_path("data", "lspet")
+  c = cfg.get_config(f"lspet={root}")
+  assert c.data.test == ""
+  c.data.train += "[:100]"
+  c.keypoints.flip = True
+  c.features.cache_dir = str(tmp_path / "cache")
+  c.num_figure_examples = 2
+  m = experiment.run(c, str(tmp_path / "run"))
+  assert (m["n_train"], m["n_train_flipped"], m["n_test"]) == (160, 80, 20)
+  joints = m["pck@0.1_per_keypoint"]["person"]
+  assert list(joints) == list(kp_data.LSP_JOINTS)
+  assert all(v is None or 0 <= v <= 1 for v in joints.values()) and 0 <= m["pck@0.1"] <= 1
+  # the held-out people, independently: their labelled joints are exactly the ones scored
+  src = data.open_source(c.data.train)
+  from persistent.data import holdout
+  _, test = holdout.split(src, 0.2, c.seed, [kp_data.image_of(e) for e in src.ids])
+  with open(f"{root}/person_keypoints.json") as f:
+    doc = json.load(f)
+  assert m["n_test_keypoints"] == _visible_joints(doc, {int(kp_data.image_of(e)) for e in test.ids})
+  assert len(m["pck_curve_mean_shape"]) == 101
+  assert os.path.getsize(tmp_path / "run" / "keypoint_examples.png") > 1000

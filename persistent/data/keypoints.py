@@ -33,7 +33,9 @@ with its path in the message; images are decoded lazily.
 
 Images are read as stored, without EXIF rotation: keypoints refer to the stored pixel grid.
 Malformed annotations raise `BadAnnotation` (a ValueError) naming the file and the field.
-`flip_permutation(names)` gives the left/right permutation for horizontal flips.
+`flip_permutation(names)` gives the left/right permutation for horizontal flips, `flip_example`
+mirrors an example (image, box, keypoints, with left and right exchanged), `image_of` the image
+an object lies in (for splits that keep an image's objects together).
 """
 from __future__ import annotations
 
@@ -69,6 +71,12 @@ def class_of(example_id: str) -> str:
   if not slash:
     raise ValueError(f"keypoint example id {example_id!r} does not start with 'CLASS/'")
   return cls
+
+
+def image_of(example_id: str) -> str:
+  """The image of a keypoint example's id ('CLASS/IMAGE_N' of both readers -> 'IMAGE'), so that
+  the objects of one image (of any class) can be kept on one side of a split."""
+  return class_of(example_id) and example_id.partition("/")[2].rpartition("_")[0]
 
 
 def _parse(fmt: str, paths: list[str], usage: str, defaults: dict[str, Any]
@@ -408,6 +416,21 @@ def flip_permutation(names: Sequence[str]) -> np.ndarray:
       raise ValueError(f"keypoint {n!r} has a side but its mirror {m!r} is not among the names {names}")
     perm[k] = index[m]
   return perm
+
+
+def flip_example(ex: data.Example) -> data.Example:
+  """The example mirrored left to right: its image, its box and its keypoints (x -> width - x in
+  pixel-corner coordinates), with each keypoint taking its mirror's place (`flip_permutation` of
+  its `keypoint_names`: the flipped 'left_wrist' is where the mirrored right wrist is) and its
+  visibility with it. The id gains '/flip'."""
+  width = ex["image"].shape[1]
+  perm = flip_permutation(ex["keypoint_names"])
+  kp = np.array(ex["keypoints"], np.float32)
+  kp[:, 0] = width - kp[:, 0]
+  x0, y0, x1, y1 = np.asarray(ex["box"], np.float32)
+  return {**ex, "image": np.ascontiguousarray(ex["image"][:, ::-1]), "keypoints": kp[perm],
+          "visible": np.asarray(ex["visible"], bool)[perm],
+          "box": np.array([width - x1, y0, width - x0, y1], np.float32), "id": f"{ex['id']}/flip"}
 
 
 def canonical_order(points: np.ndarray, centre: np.ndarray) -> np.ndarray:

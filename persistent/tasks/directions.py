@@ -12,6 +12,9 @@ training features (from the ridge statistics, no second pass), so the same steps
 every attribute and backbone. f' is not renormalised by default (eq. 7 literally; the decoded
 image is then linear in lambda); metrics.json reports the range of ||f'||.
 
+Data: data.train and data.test, or with an empty data.test a seeded `holdout` fraction of
+data.train held out (persistent.data.holdout, seeded by config.seed).
+
 Measuring it: the attribute probe's held-out readout on the test images (`test_auc` for a 0/1
 attribute, `test_corr` for others such as a 1..5 pose), and a pixel-space readout (ridge from
 images at readout_size to the attributes, fitted in the same pass) applied to the decoded images:
@@ -27,6 +30,7 @@ import numpy as np
 
 from persistent import data, figures, metrics, probe, ridge, tasks
 from persistent.data import attributes as attributes_lib
+from persistent.data import holdout as holdout_lib
 from persistent.figures import directions as direction_figures
 from persistent.tasks import rgb
 
@@ -56,6 +60,15 @@ def _check(cfg: ml_collections.ConfigDict) -> tuple[list[str], np.ndarray]:
   return names, steps
 
 
+def open_split(pipe: probe.Pipeline) -> tuple[data.Source, data.Source]:
+  """Train and test sources; an empty data.test holds out a seeded `holdout` fraction of train."""
+  config = pipe.config
+  train = pipe.source(config.data.train)
+  if config.data.test:
+    return train, pipe.source(config.data.test)
+  return holdout_lib.split(train, config.directions.holdout, config.seed)
+
+
 @tasks.register("directions")
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   cfg = config.directions
@@ -68,10 +81,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   readout = probe.Head("readout", k, attrs, inputs=lambda exs, _: rgb.targets(exs, rsize),
                        input_dim=3 * rsize * rsize)
   layout = {"attributes": names, "size": size, "readout_size": rsize}
+  if not config.data.test:
+    layout.update(holdout=cfg.holdout, seed=config.seed)
+  train, test = open_split(pipe)
   if config.restore:
     fits, state = pipe.restore(layout)
   else:
-    train = pipe.source(config.data.train)
     attrs([train[0]])  # fail fast: no attributes, unknown names
     fitted = pipe.fit(train, [main, readout])
     fits = fitted.fits
@@ -94,7 +109,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   norms = np.linalg.norm(w_attr, axis=0)
   std_a = np.asarray(state["attribute_std"])
 
-  test = pipe.source(config.data.test)
   preds, recs = pipe.predict(test, [main], fits, record=lambda b: [
       (f, v, img) for f, v, img in zip(b.features, attrs(b.examples), rgb.targets(b.examples, size))])
   truth = np.stack([r[1] for r in recs])

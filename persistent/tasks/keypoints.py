@@ -7,9 +7,16 @@ target nor scored: each keypoint is fitted on the objects where it is visible; a
 in too few training objects for cross-validation is predicted at its mean position (counted in
 `num_fallback_keypoints`).
 
+Data: data.train and data.test, or with an empty data.test a seeded `holdout` fraction of the
+images of data.train (all objects of an image on one side; persistent.data.holdout). `flip`
+adds a mirrored copy of every training object (`keypoints.flip_example`: left and right joints
+exchange places, so the flipped left wrist is a left wrist); an object and its mirror share a
+cross-validation fold. Test objects are never flipped.
+
 Scores: PCK (persistent.metrics) over visible test keypoints per class and its mean over classes
-(the paper's "mean PCK"), PCK-vs-alpha curves, and the same for a baseline that predicts each
-keypoint at its mean training position in the box (`*_mean_shape`).
+(the paper's "mean PCK"), per keypoint (`pck@0.1_per_keypoint`), PCK-vs-alpha curves, and the
+same for a baseline that predicts each keypoint at its mean training position in the box
+(`*_mean_shape`). Invisible (unlabelled) keypoints are neither fitted nor scored.
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ import ml_collections
 import numpy as np
 
 from persistent import data, figures, geometry, metrics, probe, tasks
+from persistent.data import holdout as holdout_lib
 from persistent.data import images as image_lib
 from persistent.data import keypoints as keypoint_data
 from persistent.figures import keypoints as keypoint_figures
@@ -42,6 +50,25 @@ def crops(source: data.Source, size: tuple[int, int], context: float, classes: s
   return source.map(crop, f"kpcrop:v2,context={context:g},size={size[0]}x{size[1]}")
 
 
+def with_flips(source: data.Source) -> data.Source:
+  """The source followed by the mirror of each of its examples (ids + '/flip')."""
+  n = len(source)
+  load = lambda i: source[i] if i < n else keypoint_data.flip_example(source[i - n])
+  return data.Source(f"{source.spec}|flips:v1", source.ids + [f"{e}/flip" for e in source.ids], load,
+                     skipped=source.skipped, on_bad=source.on_bad)
+
+
+def open_split(pipe: probe.Pipeline) -> tuple[data.Source, data.Source]:
+  """Train and test sources; an empty data.test holds out a seeded `holdout` fraction of the
+  images of train."""
+  config = pipe.config
+  train = pipe.source(config.data.train)
+  if config.data.test:
+    return train, pipe.source(config.data.test)
+  return holdout_lib.split(train, config.keypoints.holdout, config.seed,
+                           [keypoint_data.image_of(e) for e in train.ids])
+
+
 def relative(ex: data.Example) -> np.ndarray:
   """(K*2,) keypoints in the crop's frame, NaN where invisible."""
   rel = geometry.to_crop(np.asarray(ex["keypoints"], np.float64)[None], ex["crop_box"][None])[0]
@@ -61,23 +88,39 @@ def class_heads(source: data.Source) -> list[probe.Head]:
   return heads
 
 
+def _finite(v: float) -> float | None:
+  return float(v) if np.isfinite(v) else None
+
+
 @tasks.register("keypoints")
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   kc = config.keypoints
   pipe = probe.Pipeline(config)
   wanted = set(kc.classes.split("+")) if kc.classes else None
   size = tuple(pipe.backbone.input_size)
-  test = crops(pipe.source(config.data.test), size, kc.context, wanted)
-  layout = {"context": kc.context, "classes": kc.classes}
+  flip = bool(kc.get("flip", False))
+  train_src, test_src = open_split(pipe)
+  test = crops(test_src, size, kc.context, wanted)
+  layout = {"context": kc.context, "classes": kc.classes, "flip": flip}
+  if not config.data.test:
+    layout.update(holdout=kc.holdout, seed=config.seed)
   if config.restore:
     fits, state = pipe.restore(layout)
   else:
-    train = crops(pipe.source(config.data.train), size, kc.context, wanted)
+    if flip:  # mirror the whole image before cropping, so that box and keypoints stay with it
+      train_src = with_flips(train_src)
+    train = crops(train_src, size, kc.context, wanted)
     heads = class_heads(train)
-    fits = pipe.fit(train, heads).fits
+    # an object and its mirror in one fold group
+    groups = np.unique([e.removesuffix("/flip") for e in train.ids], return_inverse=True)[1] if flip else None
+    fits = pipe.fit(train, heads, groups=groups).fits
     for h in heads:
       logging.info("keypoints: class %s, %d keypoints", h.name, h.num_targets // 2)
-    state = {"num_keypoints": {h.name: h.num_targets // 2 for h in heads}, "n_train": len(train)}
+    names = {}
+    for i, e in enumerate(train.ids):
+      names.setdefault(keypoint_data.class_of(e), i)
+    state = {"num_keypoints": {h.name: h.num_targets // 2 for h in heads}, "n_train": len(train),
+             "keypoint_names": {cls: list(train[i]["keypoint_names"]) for cls, i in names.items()}}
     pipe.save(workdir, fits, layout, state)
   heads = [probe.Head(cls, 2 * k, relative, select=lambda e, cls=cls: e["class"] == cls)
            for cls, k in state["num_keypoints"].items()]
@@ -88,6 +131,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   classes = np.array([r["class"] for r in recs])
   image_points = [None] * len(recs)
   per_class, per_class_prior, curves, curves_prior, pooled, skipped = {}, {}, {}, {}, [], 0
+  per_keypoint, per_keypoint_prior = {}, {}
+  names = state.get("keypoint_names", {})
   for cls in sorted(set(classes)):
     rows = np.flatnonzero(classes == cls)
     if cls not in fits:
@@ -103,6 +148,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     per_class[cls], per_class_prior[cls] = metrics.pck(err, visible, 0.1), metrics.pck(err_prior, visible, 0.1)
     curves[cls], curves_prior[cls] = metrics.pck_curve(err, visible, ALPHAS), metrics.pck_curve(err_prior, visible, ALPHAS)
     pooled.append(err[visible])
+    kn = names.get(cls, [f"kp{j}" for j in range(k)])
+    # None: no test object shows the keypoint
+    per_keypoint[cls] = {kn[j]: _finite(metrics.pck(err[:, j], visible[:, j], 0.1)) for j in range(k)}
+    per_keypoint_prior[cls] = {kn[j]: _finite(metrics.pck(err_prior[:, j], visible[:, j], 0.1)) for j in range(k)}
     for j, i in enumerate(rows):
       image_points[i] = pred[j]
   if skipped:
@@ -125,7 +174,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       "pck@0.1_pooled": float((pooled <= 0.1).mean()),
       "pck@0.1_mean_shape": float(np.nanmean(list(per_class_prior.values()))),
       "pck@0.1_mean_shape_per_class": per_class_prior,
+      "pck@0.1_per_keypoint": per_keypoint, "pck@0.1_mean_shape_per_keypoint": per_keypoint_prior,
+      "pck_curve_mean_shape": np.nanmean(np.stack(list(curves_prior.values())), 0).tolist(),
       "pck_curve": {"alpha": ALPHAS.tolist(), "mean": mean_curve.tolist(), **{c: v.tolist() for c, v in curves.items()}},
       "n_train": state["n_train"], "n_test": len(test), "n_test_keypoints": int(pooled.size),
       "n_test_objects_skipped": skipped, "num_classes": len(fits), "num_fallback_keypoints": fallback,
+      "n_train_flipped": state["n_train"] // 2 if flip else 0,
   }
