@@ -351,3 +351,37 @@ def test_helen194_variant_splits_the_870_faces():
   assert test[0]["landmarks"].shape == (194, 2)
   with pytest.raises(ValueError, match="helen194"):
     cfg_mod.get_config("helen194=onlyone")
+
+
+class _TwoTaps(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    h = nn.relu(nn.Conv(4, (3, 3), strides=2)(x))
+    g = nn.relu(nn.Conv(6, (3, 3), strides=2)(h))
+    return {"early": h, "late": g}
+
+
+def test_concatenated_layers_stream_their_parts(tmp_path):
+  """Layer 'early+late': each part reduced by its own rule and l2-normalised, side by side over
+  sqrt(2); the width is the sum, and a probe on it is a probe on those columns."""
+  from configs import landmarks as cfg_mod
+  c = cfg_mod.get_config("tiny")
+  c.features.cache_dir = str(tmp_path / "cache")
+  c.features.reduce = "grid:2,late=pool"
+  module = _TwoTaps()
+  net = backbones.Backbone(name="two", module=module, params=backbones.random_params(module, (32, 32), 0),
+                           input_size=(32, 32), preprocess=lambda x: x.astype(jnp.float32) / 255.0,
+                           layers=("early", "late"), weights_id="random:0")
+  src = data.open_source("synthetic_faces:n=5,seed=0,size=32")
+  c.backbone.layer = "early+late"
+  pipe = probe.Pipeline(c, net)
+  assert pipe.feature_dim == 4 * 4 + 6
+  both = np.concatenate([f["early+late"] for _, f, _ in pipe.stream(src)])
+  parts = {}
+  for layer in ("early", "late"):
+    c.backbone.layer = layer
+    parts[layer] = np.concatenate([f[layer] for _, f, _ in probe.Pipeline(c, net).stream(src)])
+  np.testing.assert_allclose(both, np.concatenate([parts["early"], parts["late"]], 1) / np.sqrt(2), rtol=1e-6)
+  np.testing.assert_allclose(np.linalg.norm(both, axis=1), 1.0, rtol=1e-5)
+  with pytest.raises(ValueError, match="distinct"):
+    probe.components("early+early")
