@@ -86,8 +86,9 @@ def fit(pipe: probe.Pipeline, objects: data.Source, truth: np.ndarray, first: np
     heads = _heads(stage, groups, points, missing)
     t0 = time.time()
     fitted = pipe.fit(src, heads, groups=owners, fold_seed=fold_seed)
-    logging.info("look-back stage %d: %d crops in %.0fs; pads %s", stage, len(src), time.time() - t0,
-                 {k: round(v, 3) for k, v in pads.items()})
+    took = time.time() - t0
+    logging.info("look-back stage %d: %d crops in %.0fs (%.1f crops/s, extraction and ridge); pads %s", stage,
+                 len(src), took, len(src) / max(took, 1e-9), {k: round(v, 3) for k, v in pads.items()})
     fits.update(fitted.fits)
     pads_per_stage.append(pads)
     if stage < stages:

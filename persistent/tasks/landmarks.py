@@ -22,6 +22,7 @@ AUC@0.1 and failure rate (NME > 0.1). Figures: `lookback_examples.png` (Fig. 3),
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Sequence
 
@@ -163,6 +164,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     raise ValueError(f"test faces have {truth.shape[1]} landmarks, the model {num_points}")
   result = predict(pipe, fits, state, test_src, truth)
   methods = result["methods"]
+  logging.info("landmarks NME per stage (test): %s; per method: %s",
+               [round(metrics.nme(p, truth), 4) for p in result["stages"]],
+               {m: round(metrics.nme(p, truth), 4) for m, p in methods.items()})
   per_face = {m: metrics.nme_per_face(p, truth) for m, p in methods.items()}
   per_group = {m: metrics.nme_per_group(p, truth, groups) for m, p in methods.items()}
   per_part = {m: metrics.nme_per_group(p, truth, parts) for m, p in methods.items()}
