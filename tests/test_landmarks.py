@@ -170,14 +170,20 @@ def check_metrics(metrics, workdir, stages, crops_per_face=2):
     assert os.path.getsize(os.path.join(workdir, name)) > 1000
 
 
-@pytest.mark.parametrize("flips", [False, True])
-def test_end_to_end_cascade(tmp_path, monkeypatch, flips):
+@pytest.mark.parametrize("flips,lookback_size", [(False, 0), (True, 16)])
+def test_end_to_end_cascade(tmp_path, monkeypatch, flips, lookback_size):
+  """A seconds-long cascade run; with flips (twice the face crops) and look-back crops fed to the
+  network at 16 px instead of its 32 px."""
   from persistent import experiment
   monkeypatch.setattr(probe, "backbone_from_config", tiny_backbone)
   c = tiny_config(tmp_path, stages=2)
   c.backbone.layer = "flat"
   c.landmarks.flips = flips
+  c.landmarks.lookback_size = lookback_size
   metrics = experiment.run(c, str(tmp_path / "run"))
+  if lookback_size:
+    cached = os.listdir(tmp_path / "cache")
+    assert len(cached) >= 2 + 2 * 2  # face crops, test crops, and each stage's train and test crops
   check_metrics(metrics, str(tmp_path / "run"), 2, crops_per_face=4 if flips else 2)
   assert len(metrics["train_crossfit_nme_per_stage"]) == 2  # restoring: tests/test_restore.py
 

@@ -13,7 +13,9 @@ Settings in config.landmarks (configs/landmarks.py):
   * Baselines: dataset bias (the training mean shape in the face box), RGB + ridge (raw pixels of
     an `rgb_size`^2 resize of the crop) and ConvNet + ridge.
   * Look-back (`persistent.lookback`), `lookback_stages` stages over `groups` (six by default),
-    trained on cross-fitted estimates.
+    trained on cross-fitted estimates; `lookback_size` > 0 feeds the group crops to the network at
+    that many pixels a side instead of its input size (a fully convolutional layer only): group
+    boxes are small, so upsampling them to 224 px costs four times the compute of 112 px.
 
 Metrics: inter-ocular NME (persistent.metrics) per method and stage, per look-back group, per
 anatomical part (jaw, brows, eyes, nose, outer and inner mouth: `geometry.PARTS_68/194`), CED
@@ -22,6 +24,7 @@ AUC@0.1 and failure rate (NME > 0.1). Figures: `lookback_examples.png` (Fig. 3),
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Any, Sequence
@@ -30,6 +33,7 @@ import ml_collections
 import numpy as np
 
 from persistent import data, figures, geometry, lookback, metrics, probe, tasks
+from persistent.backbones.preprocessing import Preprocessing
 from persistent.data import crops
 from persistent.data import images as image_lib
 from persistent.figures import landmarks as landmark_figures
@@ -83,6 +87,20 @@ def _heads(num_points: int, rgb_size: int, rgb_alphas) -> list[probe.Head]:
           probe.Head("rgb", 2 * num_points, coords, inputs=pixels, input_dim=3 * rgb_size ** 2, alphas=rgb_alphas)]
 
 
+def stage_pipe(pipe: probe.Pipeline) -> probe.Pipeline:
+  """The pipeline of the look-back stages: the same network at `lookback_size` pixels a side."""
+  size = pipe.config.landmarks.get("lookback_size", 0)
+  net = pipe.backbone
+  if not size or tuple(net.input_size) == (size, size):
+    return pipe
+  pre = net.preprocess
+  if isinstance(pre, Preprocessing):
+    pre = dataclasses.replace(pre, input_size=(size, size))
+  resized = dataclasses.replace(net, input_size=(size, size), preprocess=pre,
+                                preprocessing={**(net.preprocessing or {}), "input_size": [size, size]})
+  return probe.Pipeline(pipe.config, resized)
+
+
 def train(pipe: probe.Pipeline, faces: data.Source, groups: dict[str, list[int]], num_points: int
           ) -> tuple[dict[str, Any], dict[str, Any]]:
   """Fits every model on `faces`; returns (fits, state) for `predict`."""
@@ -112,7 +130,7 @@ def train(pipe: probe.Pipeline, faces: data.Source, groups: dict[str, list[int]]
     oof, _ = pipe.predict(src, heads[:1], {"convnet": fitted.crossfit("convnet")}, crossfit=(fitted, owners))
     first = geometry.from_crop(oof["convnet"][::views].reshape(n, num_points, 2), base)
     more, state["lookback"], train_preds = lookback.fit(
-        pipe, faces, truth, first, base, groups, points, stages=cfg.lookback_stages,
+        stage_pipe(pipe), faces, truth, first, base, groups, points, stages=cfg.lookback_stages,
         quantile=cfg.lookback_quantile, min_pad=cfg.lookback_min_pad, fold_seed=config.seed)
     fits.update(more)
     state["train_crossfit_nme_per_stage"] = [metrics.nme(p, truth) for p in train_preds]
@@ -133,7 +151,7 @@ def predict(pipe: probe.Pipeline, fits: dict[str, Any], state: dict[str, Any], f
              "rgb_ridge": shape(out["rgb"]), "convnet_ridge": shape(out["convnet"])}
   stages, boxes = [methods["convnet_ridge"]], []
   if "lookback" in state:
-    stages, boxes = lookback.predict(pipe, faces, methods["convnet_ridge"], base, fits, state["lookback"], points)
+    stages, boxes = lookback.predict(stage_pipe(pipe), faces, methods["convnet_ridge"], base, fits, state["lookback"], points)
     methods["lookback"] = stages[-1]
   return {"methods": methods, "stages": stages, "boxes": boxes, "face_boxes": base}
 
@@ -150,7 +168,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             "seed": config.seed, **({"flips": True} if cfg.flips else {}),
             **{k: cfg[k] for k in ("margin", "jitter_copies", "jitter_shift", "jitter_scale",
                                                       "rgb_size", "rgb_alphas", "lookback_stages",
-                                                      "lookback_quantile", "lookback_min_pad")}}
+                                                      "lookback_quantile", "lookback_min_pad")},
+            **({"lookback_size": cfg.lookback_size} if cfg.get("lookback_size", 0) else {})}
   if config.restore:
     fits, state = pipe.restore(layout)
   else:
