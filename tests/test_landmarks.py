@@ -181,6 +181,8 @@ def test_end_to_end_cascade(tmp_path, monkeypatch, flips, lookback_size):
   c.landmarks.flips = flips
   c.landmarks.lookback_size = lookback_size
   metrics = experiment.run(c, str(tmp_path / "run"))
+  with open(tmp_path / "run" / "nme_per_stage_so_far.json") as f:  # written after stage 1, then stage 2
+    assert json.load(f) == pytest.approx(metrics["nme_per_stage"], rel=1e-6)
   if lookback_size:
     cached = os.listdir(tmp_path / "cache")
     assert len(cached) >= 2 + 2 * 2  # face crops, test crops, and each stage's train and test crops

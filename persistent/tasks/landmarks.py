@@ -25,9 +25,10 @@ AUC@0.1 and failure rate (NME > 0.1). Figures: `lookback_examples.png` (Fig. 3),
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import ml_collections
 import numpy as np
@@ -101,9 +102,11 @@ def stage_pipe(pipe: probe.Pipeline) -> probe.Pipeline:
   return probe.Pipeline(pipe.config, resized)
 
 
-def train(pipe: probe.Pipeline, faces: data.Source, groups: dict[str, list[int]], num_points: int
+def train(pipe: probe.Pipeline, faces: data.Source, groups: dict[str, list[int]], num_points: int,
+          on_stage: Callable[[dict[str, Any], dict[str, Any]], None] | None = None
           ) -> tuple[dict[str, Any], dict[str, Any]]:
-  """Fits every model on `faces`; returns (fits, state) for `predict`."""
+  """Fits every model on `faces`; returns (fits, state) for `predict`. `on_stage(fits, state)`
+  sees the models after every look-back stage (the cascade so far)."""
   config, cfg = pipe.config, pipe.config.landmarks
   n, copies = len(faces), 1 + cfg.jitter_copies
   views = copies * (2 if cfg.flips else 1)  # per face: its boxes, then (flips) the same boxes mirrored
@@ -131,7 +134,9 @@ def train(pipe: probe.Pipeline, faces: data.Source, groups: dict[str, list[int]]
     first = geometry.from_crop(oof["convnet"][::views].reshape(n, num_points, 2), base)
     more, state["lookback"], train_preds = lookback.fit(
         stage_pipe(pipe), faces, truth, first, base, groups, points, stages=cfg.lookback_stages,
-        quantile=cfg.lookback_quantile, min_pad=cfg.lookback_min_pad, fold_seed=config.seed)
+        quantile=cfg.lookback_quantile, min_pad=cfg.lookback_min_pad, fold_seed=config.seed,
+        on_stage=None if on_stage is None else
+        lambda k, more, lb: on_stage({**fits, **more}, {**state, "lookback": lb}))
     fits.update(more)
     state["train_crossfit_nme_per_stage"] = [metrics.nme(p, truth) for p in train_preds]
   return fits, state
@@ -156,6 +161,13 @@ def predict(pipe: probe.Pipeline, fits: dict[str, Any], state: dict[str, Any], f
   return {"methods": methods, "stages": stages, "boxes": boxes, "face_boxes": base}
 
 
+def _test_truth(pipe: probe.Pipeline, test_src: data.Source, num_points: int) -> np.ndarray:
+  truth = np.stack(pipe.records(test_src, lambda exs: [points(e) for e in exs]))
+  if truth.shape[1] != num_points:
+    raise ValueError(f"test faces have {truth.shape[1]} landmarks, the model {num_points}")
+  return truth
+
+
 @tasks.register("landmarks")
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   cfg = config.landmarks
@@ -176,11 +188,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if cfg.lookback_stages and config.ridge.num_folds < 3:
       raise ValueError("look-back cross-fitting needs ridge.num_folds >= 3 (each held-out fold's "
                        f"model is itself cross-validated); got {config.ridge.num_folds}")
-    fits, state = train(pipe, train_src, groups, num_points)
+    truth = _test_truth(pipe, test_src, num_points)
+
+    def on_stage(fits_so_far: dict[str, Any], state_so_far: dict[str, Any]) -> None:
+      """Scores the cascade so far on the test faces (its crops are cached for the final pass)."""
+      so_far = [metrics.nme(p, truth) for p in predict(pipe, fits_so_far, state_so_far, test_src, truth)["stages"]]
+      logging.info("landmarks NME per stage so far (test): %s", [round(v, 4) for v in so_far])
+      if pipe.process == 0:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "nme_per_stage_so_far.json"), "w") as f:
+          json.dump(so_far, f)
+    fits, state = train(pipe, train_src, groups, num_points, on_stage if cfg.lookback_stages > 1 else None)
     pipe.save(workdir, fits, layout, state)
-  truth = np.stack(pipe.records(test_src, lambda exs: [points(e) for e in exs]))
-  if truth.shape[1] != num_points:
-    raise ValueError(f"test faces have {truth.shape[1]} landmarks, the model {num_points}")
+  truth = _test_truth(pipe, test_src, num_points)
   result = predict(pipe, fits, state, test_src, truth)
   methods = result["methods"]
   logging.info("landmarks NME per stage (test): %s; per method: %s",
