@@ -46,7 +46,7 @@ def get_config(arg: str | None = None):
       flips=False,  # every training crop also mirrored, landmarks relabelled (68 or 194 points)
       rgb_size=24,  # RGB + ridge baseline: raw pixels of a rgb_size x rgb_size resize of the crop
       rgb_alphas=tuple(float(10 ** e) for e in range(-2, 7)),
-      lookback_stages=1,  # cascade length; 0 disables look-back
+      lookback_stages=2,  # cascade length; 0 disables look-back (2: best on Helen 194 and 300-W, README)
       lookback_size=112,  # look-back crops' side in pixels fed to the network (0: its input size)
       groups="",  # '' = six default groups; or 'name:a-b,c;name2:...' (0-based, a partition)
       lookback_quantile=0.9,  # group box pad: this quantile of the group's max training error
