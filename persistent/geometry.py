@@ -22,9 +22,15 @@ GROUPS_68 = {
     "nose": list(range(27, 36)),
     "mouth": list(range(48, 68)),
 }
-# Helen's 194-point layout (0-based): contour 0-40, nose 41-57, outer lips 58-85, inner lips
-# 86-113, eyes 114-133 and 134-153, brows 154-173 and 174-193. Eye/brow pairs follow the order
-# of the annotation (first eye with first brow).
+# Helen's 194-point layout (0-based), verified on the 870 development faces (mean shape in an
+# eye-centred frame, x to image right): jaw 0-40 from image left through the chin (20) to image
+# right; nose 41-57 from the left of the bridge down round the nostrils to its right (49 the tip
+# region); outer lips 58-71 (upper lip, left corner to right corner) and 72-85 (lower lip, right
+# corner back to left); inner lips 86-113 a closed contour, left corner 86, upper lip to the right
+# corner 100, lower lip back; eyes 114-133 (image RIGHT eye) and 134-153 (image left), each from
+# its inner corner over the upper lid to the outer corner (124 / 144) and back under the lower lid;
+# brows 154-173 (image right) and 174-193 (image left), each from its inner end. Eye/brow pairs
+# follow the annotation's order (first eye with first brow, both on the image right).
 GROUPS_194 = {
     "jaw_left": list(range(0, 21)),
     "jaw_right": list(range(21, 41)),
@@ -33,6 +39,71 @@ GROUPS_194 = {
     "nose": list(range(41, 58)),
     "mouth": list(range(58, 114)),
 }
+
+# Anatomical parts for per-part errors (the paper's Fig. 2a): jaw, brows, eyes, nose, outer and
+# inner mouth; both layouts.
+PARTS_68 = {
+    "jaw": list(range(0, 17)), "brows": list(range(17, 27)), "eyes": list(range(36, 48)),
+    "nose": list(range(27, 36)), "mouth_outer": list(range(48, 60)), "mouth_inner": list(range(60, 68)),
+}
+PARTS_194 = {
+    "jaw": list(range(0, 41)), "brows": list(range(154, 194)), "eyes": list(range(114, 154)),
+    "nose": list(range(41, 58)), "mouth_outer": list(range(58, 86)), "mouth_inner": list(range(86, 114)),
+}
+
+
+def _mirror_68() -> np.ndarray:
+  """Landmark j of a horizontally flipped face is landmark perm[j] of the original (300-W pairs)."""
+  pairs = [(i, 16 - i) for i in range(8)]  # jaw
+  pairs += [(17 + i, 26 - i) for i in range(5)]  # brows
+  pairs += [(31, 35), (32, 34)]  # nostrils; bridge 27-30 and 33 stay
+  pairs += [(36, 45), (37, 44), (38, 43), (39, 42), (40, 47), (41, 46)]  # eyes
+  pairs += [(48, 54), (49, 53), (50, 52), (55, 59), (56, 58)]  # outer lips; 51, 57 stay
+  pairs += [(60, 64), (61, 63), (65, 67)]  # inner lips; 62, 66 stay
+  perm = np.arange(68)
+  for a, b in pairs:
+    perm[a], perm[b] = b, a
+  return perm
+
+
+def _mirror_194() -> np.ndarray:
+  """The flip permutation of Helen's 194 points, from the contour order documented above."""
+  perm = np.arange(194)
+  perm[0:41] = 40 - np.arange(41)  # jaw reversed about the chin
+  perm[41:58] = 98 - np.arange(41, 58)  # nose reversed
+  k = np.arange(14)
+  perm[58:72], perm[72:86] = 71 - k, 85 - k  # each outer lip reversed
+  k = np.arange(28)
+  perm[86:114] = 86 + (14 - k) % 28  # inner contour: left corner 86 <-> right corner 100
+  k = np.arange(20)  # eyes and brows: same position on the other side's contour
+  perm[114:134], perm[134:154], perm[154:174], perm[174:194] = 134 + k, 114 + k, 174 + k, 154 + k
+  return perm
+
+
+MIRROR = {68: _mirror_68(), 194: _mirror_194()}
+PARTS = {68: PARTS_68, 194: PARTS_194}
+
+
+def mirror_permutation(num_points: int) -> np.ndarray:
+  """perm (L,): landmark j of the horizontally flipped face is landmark perm[j] of the original."""
+  if num_points not in MIRROR:
+    raise ValueError(f"no flip permutation for {num_points} landmarks (68 or 194); set landmarks.flips=False")
+  return MIRROR[num_points].copy()
+
+
+def flip_points(points: np.ndarray, width: float, perm: np.ndarray) -> np.ndarray:
+  """The landmarks (N.., L, 2) of an image of `width` pixels flipped left-right: 0-based x ->
+  width - 1 - x, relabelled by the layout's mirror permutation."""
+  out = np.array(points, np.float64)[..., perm, :]
+  out[..., 0] = width - 1 - out[..., 0]
+  return out
+
+
+def flip_crop(coords: np.ndarray, perm: np.ndarray) -> np.ndarray:
+  """Crop-frame coordinates (N.., L, 2) of a crop flipped left-right: u -> 1 - u, relabelled."""
+  out = np.array(coords, np.float64)[..., perm, :]
+  out[..., 0] = 1 - out[..., 0]
+  return out
 
 
 def default_groups(num_points: int) -> dict[str, list[int]]:

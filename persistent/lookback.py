@@ -71,11 +71,14 @@ def _update(pred: np.ndarray, out: dict[str, np.ndarray], boxes: dict[str, np.nd
 
 def fit(pipe: probe.Pipeline, objects: data.Source, truth: np.ndarray, first: np.ndarray,
         object_boxes: np.ndarray, groups: dict[str, list[int]], points: Points, *, stages: int,
-        quantile: float, min_pad: float, fold_seed: int
+        quantile: float, min_pad: float, fold_seed: int,
+        on_stage: Callable[[int, dict[str, Any], dict[str, Any]], None] | None = None
         ) -> tuple[dict[str, Any], dict[str, Any], list[np.ndarray]]:
   """Fits `stages` stages on training objects with ground truth (N, L, 2) and cross-fitted first
   estimates `first`; returns (fits, state for `predict`, the training objects' cross-fitted
-  estimates that entered each stage: [first, after stage 1, ..., after stage stages - 1])."""
+  estimates that entered each stage: [first, after stage 1, ..., after stage stages - 1]).
+  `on_stage(stage, fits, state)` is called after each stage with the cascade so far (e.g. to score
+  held-out objects stage by stage while later stages train)."""
   side = object_boxes[:, 2] - object_boxes[:, 0]
   size = tuple(pipe.backbone.input_size)
   missing = bool(np.isnan(truth).any())
@@ -86,16 +89,22 @@ def fit(pipe: probe.Pipeline, objects: data.Source, truth: np.ndarray, first: np
     heads = _heads(stage, groups, points, missing)
     t0 = time.time()
     fitted = pipe.fit(src, heads, groups=owners, fold_seed=fold_seed)
-    logging.info("look-back stage %d: %d crops in %.0fs; pads %s", stage, len(src), time.time() - t0,
-                 {k: round(v, 3) for k, v in pads.items()})
+    took = time.time() - t0
+    logging.info("look-back stage %d: %d crops in %.0fs (%.1f crops/s, extraction and ridge); pads %s", stage,
+                 len(src), took, len(src) / max(took, 1e-9), {k: round(v, 3) for k, v in pads.items()})
     fits.update(fitted.fits)
     pads_per_stage.append(pads)
+    if on_stage is not None:
+      on_stage(stage, dict(fits), _state(pads_per_stage, min_pad, groups))
     if stage < stages:
       out, _ = pipe.predict(src, heads, {h.name: fitted.crossfit(h.name) for h in heads}, crossfit=(fitted, owners))
       pred = _update(pred, out, boxes, stage, groups)
       train_preds.append(pred)
-  state = {"pads": pads_per_stage, "min_pad": min_pad, "groups": [[k, list(v)] for k, v in groups.items()]}
-  return fits, state, train_preds
+  return fits, _state(pads_per_stage, min_pad, groups), train_preds
+
+
+def _state(pads: list[dict[str, float]], min_pad: float, groups: dict[str, list[int]]) -> dict[str, Any]:
+  return {"pads": list(pads), "min_pad": min_pad, "groups": [[k, list(v)] for k, v in groups.items()]}
 
 
 def predict(pipe: probe.Pipeline, objects: data.Source, first: np.ndarray, object_boxes: np.ndarray,

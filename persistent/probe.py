@@ -148,13 +148,14 @@ class Pipeline:
 
   @property
   def feature_dim(self) -> int:
-    return features.feature_dim(self.backbone, self.layer, self.reduce)
+    return layer_dim(self.backbone, self.layer, self.reduce)
 
   def stream(self, source: data.Source, layers: Sequence[str] | None = None
              ) -> Iterator[tuple[Examples, dict[str, np.ndarray], np.ndarray]]:
     """(examples, {layer: features (B, d)}, global indices (B,)) of this process's share of
     `source`, then empty batches until every process has made the same number of steps."""
     layers = list(layers or [self.layer])
+    parts = list(dict.fromkeys(p for l in layers for p in components(l)))  # what the network gives
     cache = self.config.features.cache_dir
     options = dict(batch_size=self.batch_size, normalize=self.config.features.normalize, reduce=self.reduce,
                    cache_dir=os.path.expanduser(cache) if cache else None,
@@ -163,11 +164,11 @@ class Pipeline:
     steps = -(-distributed.share_size(len(source), self.processes) // self.batch_size)
     start, done = 0, 0
     if len(local):
-      for examples, feats in features.iterate_layers(self.backbone, layers, local, **options):
-        yield examples, feats, idx[start:start + len(examples)]
+      for examples, feats in features.iterate_layers(self.backbone, parts, local, **options):
+        yield examples, {l: concatenate(feats, l) for l in layers}, idx[start:start + len(examples)]
         start += len(examples)
         done += 1
-    empty = {l: np.zeros((0, features.feature_dim(self.backbone, l, self.reduce)), np.float32) for l in layers}
+    empty = {l: np.zeros((0, layer_dim(self.backbone, l, self.reduce)), np.float32) for l in layers}
     for _ in range(done, steps):
       yield [], empty, np.zeros(0, np.int64)
 
@@ -214,7 +215,7 @@ class Pipeline:
     its map reduction, preprocessing, training data, ridge settings and the task's target layout."""
     c = self.config
     return {"task": c.task, "backbone": self.backbone.name, "weights": self.backbone.weights_id,
-            "layer": self.layer, "reduce": features.reduction(self.reduce, self.layer) or "default",
+            "layer": self.layer, "reduce": "+".join(features.reduction(self.reduce, p) or "default" for p in components(self.layer)),
             "preprocessing": preprocessing(self.backbone, c), "train": c.data.train,
             "ridge": {k: c.ridge.get(k, False) for k in ("alphas", "num_folds", "per_target", "dtype", "extend_grid")},
             "layout": layout}
@@ -233,6 +234,28 @@ class Pipeline:
     fits, meta = checkpoint.restore(self.config.restore)
     checkpoint.check(meta.get("identity", {}), self.identity(layout), self.config.restore)
     return fits, meta.get("state", {})
+
+
+def components(layer: str) -> list[str]:
+  """The network layers of a probe layer: 'stage5' or a concatenation 'stage4+stage5'."""
+  parts = [p.strip() for p in layer.split("+")]
+  if not all(parts) or len(set(parts)) != len(parts):
+    raise ValueError(f"bad layer {layer!r}: a layer name or distinct names joined by '+'")
+  return parts
+
+
+def layer_dim(backbone: backbones.Backbone, layer: str, reduce: str = "") -> int:
+  """Feature width of a probe layer (a concatenation's: the sum of its parts')."""
+  return sum(features.feature_dim(backbone, p, reduce) for p in components(layer))
+
+
+def concatenate(feats: dict[str, np.ndarray], layer: str) -> np.ndarray:
+  """A probe layer's features from its parts' (each reduced by its own rule and l2-normalised when
+  features.normalize is on): side by side, scaled by 1/sqrt(parts) so that unit rows stay unit."""
+  parts = components(layer)
+  if len(parts) == 1:
+    return feats[layer]
+  return np.concatenate([feats[p] for p in parts], 1) / np.float32(np.sqrt(len(parts)))
 
 
 def execute(requests: Sequence[Request]) -> list[Any]:
