@@ -164,7 +164,8 @@ def test_sigkill_midway_then_rerun_resumes_and_matches(tmp_path):
     parts = None
     deadline = time.time() + 60
     while time.time() < deadline and victim.poll() is None:
-      parts = glob.glob(str(tmp_path / "cache" / "*.partial" / "rows_*-*.npy"))
+      parts = [f for f in glob.glob(str(tmp_path / "cache" / "*.partial" / "rows_*.npy"))
+               if re.fullmatch(r"rows_\d+-\d+\.npy", os.path.basename(f))]  # complete chunks, not temp files
       if parts:
         break
       time.sleep(0.02)
