@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 
 from persistent import backbones, checkpoint, data, distributed, features, ridge
+from persistent.data import holdout as holdout_lib
 
 Examples = list[data.Example]
 
@@ -145,6 +146,16 @@ class Pipeline:
   def source(self, spec: str) -> data.Source:
     """A data source of the run, bad examples handled as config.data.on_bad says."""
     return data.open_source(spec, on_bad=self.config.data.on_bad)
+
+  def train_test(self, holdout: float, groups: Callable[[list[str]], Sequence[object]] | None = None
+                 ) -> tuple[data.Source, data.Source]:
+    """The run's training and test sources: data.train and data.test, or, with data.test empty, a
+    seeded `holdout` fraction of data.train held out (`data.holdout.split`; `groups` maps the
+    example ids to the groups kept on one side, default one per example)."""
+    train = self.source(self.config.data.train)
+    if self.config.data.test:
+      return train, self.source(self.config.data.test)
+    return holdout_lib.split(train, holdout, self.config.seed, None if groups is None else groups(train.ids))
 
   @property
   def feature_dim(self) -> int:

@@ -3,9 +3,9 @@
 `split(source, fraction, seed, groups)` puts round(fraction x number of groups) groups in the test
 part and the rest in the training part; every example of a group lands on the same side (e.g. the
 people of one image, the crops of one face), so nothing of a test image is seen in training. The
-permutation is numpy's `default_rng([seed, 7])` over the groups in order of first appearance,
-as the landmarks task draws its split (one group per example there gives the same split). Both parts keep the source's order; their specs record the indices,
-so feature caches of either part are reused by later runs with the same seed.
+permutation is numpy's `default_rng([seed, 7])` over the groups in order of first appearance.
+Both parts keep the source's order; their specs record the indices, so feature caches of either
+part are reused by later runs with the same seed. Tasks reach it through `Pipeline.train_test`.
 """
 from __future__ import annotations
 

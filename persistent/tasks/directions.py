@@ -30,7 +30,6 @@ import numpy as np
 
 from persistent import data, figures, metrics, probe, ridge, tasks
 from persistent.data import attributes as attributes_lib
-from persistent.data import holdout as holdout_lib
 from persistent.figures import directions as direction_figures
 from persistent.tasks import rgb
 
@@ -62,11 +61,7 @@ def _check(cfg: ml_collections.ConfigDict) -> tuple[list[str], np.ndarray]:
 
 def open_split(pipe: probe.Pipeline) -> tuple[data.Source, data.Source]:
   """Train and test sources; an empty data.test holds out a seeded `holdout` fraction of train."""
-  config = pipe.config
-  train = pipe.source(config.data.train)
-  if config.data.test:
-    return train, pipe.source(config.data.test)
-  return holdout_lib.split(train, config.directions.holdout, config.seed)
+  return pipe.train_test(pipe.config.directions.holdout)
 
 
 @tasks.register("directions")

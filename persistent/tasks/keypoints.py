@@ -28,7 +28,6 @@ import ml_collections
 import numpy as np
 
 from persistent import data, figures, geometry, metrics, probe, tasks
-from persistent.data import holdout as holdout_lib
 from persistent.data import images as image_lib
 from persistent.data import keypoints as keypoint_data
 from persistent.figures import keypoints as keypoint_figures
@@ -61,12 +60,7 @@ def with_flips(source: data.Source) -> data.Source:
 def open_split(pipe: probe.Pipeline) -> tuple[data.Source, data.Source]:
   """Train and test sources; an empty data.test holds out a seeded `holdout` fraction of the
   images of train."""
-  config = pipe.config
-  train = pipe.source(config.data.train)
-  if config.data.test:
-    return train, pipe.source(config.data.test)
-  return holdout_lib.split(train, config.keypoints.holdout, config.seed,
-                           [keypoint_data.image_of(e) for e in train.ids])
+  return pipe.train_test(pipe.config.keypoints.holdout, lambda ids: [keypoint_data.image_of(e) for e in ids])
 
 
 def relative(ex: data.Example) -> np.ndarray:

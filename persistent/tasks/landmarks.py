@@ -44,18 +44,7 @@ METHODS = ("dataset_bias", "rgb_ridge", "convnet_ridge", "lookback")
 
 def open_split(pipe: probe.Pipeline) -> tuple[data.Source, data.Source]:
   """Train and test sources; an empty data.test holds out a seeded `holdout` fraction of train."""
-  config = pipe.config
-  train = pipe.source(config.data.train)
-  if config.data.test:
-    return train, pipe.source(config.data.test)
-  frac = config.landmarks.holdout
-  if not 0 < frac < 1:
-    raise ValueError(f"data.test is empty, so landmarks.holdout must lie in (0, 1); got {frac}")
-  perm = np.random.default_rng([config.seed, 7]).permutation(len(train))
-  n_test = int(round(frac * len(train)))
-  if n_test < 1 or n_test >= len(train):
-    raise ValueError(f"holdout {frac} of {len(train)} faces leaves an empty split")
-  return train.subset(np.sort(perm[n_test:])), train.subset(np.sort(perm[:n_test]))
+  return pipe.train_test(pipe.config.landmarks.holdout)
 
 
 def points(example: data.Example) -> np.ndarray:
