@@ -189,7 +189,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
           json.dump(so_far, f)
     fits, state = train(pipe, train_src, groups, num_points, on_stage if cfg.lookback_stages > 1 else None)
     pipe.save(workdir, fits, layout, state)
-  truth = _test_truth(pipe, test_src, num_points)
+  if config.restore:
+    truth = _test_truth(pipe, test_src, num_points)
   result = predict(pipe, fits, state, test_src, truth)
   methods = result["methods"]
   logging.info("landmarks NME per stage (test): %s; per method: %s",
