@@ -352,8 +352,9 @@ def iterate_layers(backbone: Backbone, layers: Sequence[str], source: data_lib.S
                              "disables the cache)", cache_dir) from e
   files: dict[str, _CacheEntry] = {}
   try:
-    for l in sorted(layers, key=lambda l: cache_key(backbone, l, source, normalize, reduce)):  # lock order
-      path = os.path.join(cache_dir, cache_key(backbone, l, source, normalize, reduce) + ".npy") if use_cache else None
+    keys = {l: cache_key(backbone, l, source, normalize, reduce) for l in layers}
+    for l in sorted(layers, key=keys.get):  # lock order
+      path = os.path.join(cache_dir, keys[l] + ".npy") if use_cache else None
       files[l] = _CacheEntry(path, len(source), l, chunk_bytes)
     missing = tuple(l for l in layers if files[l].cached is None)
     for l in missing:  # rows wait in memory until their chunk is full: about chunk_bytes in all
